@@ -1,0 +1,121 @@
+//! The command line. Each subcommand lives in its own module and returns an
+//! [`Outcome`]; `main` prints errors (with their causes) and maps outcomes to
+//! documented exit codes:
+//!
+//! * 0 — success (the policy is valid, every test holds, the command did its job);
+//! * 1 — the policy is invalid or a test assertion fails (nothing was applied);
+//! * 2 — usage error, or an operational failure (no permission, no interface,
+//!   the kernel refused a program, ...).
+
+mod check;
+pub mod explain;
+mod output;
+mod policy_tests;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// What a command concluded, beyond "it ran".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The input is wrong (invalid policy, failing test): exit 1.
+    Rejected,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "segment-agent",
+    version,
+    about = "Network microsegmentation enforced in the kernel with XDP and TC",
+    long_about = "segment enforces a Tailscale-style policy (who may reach which tags, hosts and \
+ports) on this host's interfaces: an XDP program judges what comes in, a TC program what goes \
+out, default deny, with connection tracking and per-segment counters.\n\n\
+Start with `segment-agent example > policy.yaml`, then `check`, `test` and `explain` it \
+offline before you `run` it (ideally with `mode: audit` first).",
+    after_help = "Exit codes: 0 success, 1 invalid policy or failing test, 2 usage or operational error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate and compile a policy; print what it compiles to.
+    ///
+    /// Exits 0 when the policy is valid, 1 when it is not (with every error,
+    /// its file, line and column, and how to fix it).
+    Check {
+        /// The policy file (YAML).
+        policy: PathBuf,
+        /// Print a JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the policy's `tests:` section and print every assertion's result.
+    ///
+    /// An assertion holds only if it holds for every address of its source
+    /// to every address of its destination. Exits 0 when all hold, else 1.
+    Test {
+        policy: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say whether the policy allows a packet, which rule allows it, and the
+    /// segments of both ends.
+    Explain {
+        policy: PathBuf,
+        /// Source address.
+        #[arg(long)]
+        src: std::net::IpAddr,
+        /// Destination address.
+        #[arg(long)]
+        dst: std::net::IpAddr,
+        /// Protocol: tcp, udp, icmp, icmpv6, sctp or a number.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Destination port (ignored for protocols without ports).
+        #[arg(long, default_value_t = 0)]
+        dport: u16,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the built-in example policy (a starting point for your own).
+    Example,
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(Outcome::Success) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Rejected) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Check { policy, json } => check::run(&policy, json),
+        Command::Test { policy, json } => policy_tests::run(&policy, json),
+        Command::Explain {
+            policy,
+            src,
+            dst,
+            proto,
+            dport,
+            json,
+        } => explain::run(&policy, src, dst, &proto, dport, json),
+        Command::Example => {
+            print!("{}", crate::policy::EXAMPLE_POLICY);
+            Ok(Outcome::Success)
+        }
+    }
+}

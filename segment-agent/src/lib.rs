@@ -1,0 +1,14 @@
+//! segment: network microsegmentation enforced by XDP and TC.
+//!
+//! The pure part (no kernel access, tested anywhere): [`policy`] (YAML →
+//! validated model), [`compile`] (model → the datapath's tables), [`eval`]
+//! (the reference evaluator) and [`verify`] (the `tests:` runner). The
+//! kernel-facing part, [`datapath`], loads, attaches, pins and fills maps.
+//! [`cli`] is the command line on top of both.
+
+pub mod cli;
+pub mod compile;
+
+pub mod eval;
+pub mod policy;
+pub mod verify;

@@ -1,0 +1,167 @@
+//! The policy language: YAML text → validated [`Policy`].
+//!
+//! Two stages, kept apart: [`raw`] is the file as written (with positions),
+//! [`validate`] checks and resolves it into [`model`]. Errors, at either
+//! stage, come back as one [`PolicyError`] listing every problem with its
+//! file, line and column.
+
+pub mod diagnostic;
+pub mod model;
+pub mod raw;
+pub mod syntax;
+pub mod validate;
+
+use std::path::Path;
+
+pub use diagnostic::{Diagnostic, PolicyError, Pos, Severity, Source};
+pub use model::*;
+
+/// The example policy shipped inside the binary (`policies/example.yaml`).
+pub const EXAMPLE_POLICY: &str = include_str!("../../../policies/example.yaml");
+
+/// Reads and validates a policy file.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let name = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => parse(&name, &text),
+            Err(e) => Err(PolicyError::new(
+                Source::new(name, ""),
+                vec![Diagnostic::error(
+                    None,
+                    format!(
+                        "the file is not UTF-8 text (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                )],
+            )),
+        },
+        Err(e) => Err(PolicyError::new(
+            Source::new(name, ""),
+            vec![Diagnostic::error(
+                None,
+                format!("cannot read the policy: {e}"),
+            )],
+        )),
+    }
+}
+
+/// Parses and validates policy text; `name` is used in messages.
+pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
+    let source = Source::new(name, text);
+    let raw: raw::RawPolicy = if text.trim().lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    }) {
+        // An empty file is an empty policy (which denies everything).
+        raw::RawPolicy {
+            hosts: Default::default(),
+            users: Default::default(),
+            groups: Default::default(),
+            tags: Default::default(),
+            acls: Vec::new(),
+            failsafe: Vec::new(),
+            tests: Vec::new(),
+            enforce: None,
+            mode: None,
+            modes: Default::default(),
+        }
+    } else {
+        match serde_saphyr::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => return Err(PolicyError::new(source.clone(), vec![yaml_error(&e)])),
+        }
+    };
+    validate::validate(&source, raw).map_err(|d| PolicyError::new(source, d))
+}
+
+/// Turns a YAML-layer error into a diagnostic, adding a "did you mean" to
+/// unknown keys.
+fn yaml_error(e: &serde_saphyr::Error) -> Diagnostic {
+    let pos = e.location().and_then(|l| Pos::from_location(&l));
+    let full = e.without_snippet().to_string();
+    // "line 3 column 5: unknown field ..." → "unknown field ..."
+    let msg = match full.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") || head.starts_with("error") => {
+            match rest.split_once(": ") {
+                Some((h2, r2)) if h2.starts_with("line ") => r2.to_owned(),
+                _ => rest.to_owned(),
+            }
+        }
+        _ => full.clone(),
+    };
+    let msg = strip_location(msg.lines().next().unwrap_or_default().trim());
+    let mut d = Diagnostic::error(pos, msg.clone());
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once('`')
+    {
+        let options: Vec<&str> = expected
+            .trim_start_matches(", expected one of ")
+            .trim_start_matches(", expected ")
+            .split(", ")
+            .map(|s| s.trim_matches('`'))
+            .filter(|s| !s.is_empty())
+            .collect();
+        d.message = format!("unknown key `{field}`");
+        d.help = Some(match diagnostic::closest(field, options.iter().copied()) {
+            Some(c) => format!(
+                "did you mean `{c}`? (valid keys here: {})",
+                options.join(", ")
+            ),
+            None => format!("valid keys here: {}", options.join(", ")),
+        });
+    } else if msg.contains("duplicate mapping key") {
+        let key = msg
+            .trim_start_matches("duplicate mapping key: ")
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        d.message = format!("`{key}` is defined twice");
+        d.help = Some("each name may appear once in a section; merge the two entries".to_owned());
+    } else if let Some(field) = msg.strip_prefix("missing field `") {
+        let field = field.trim_end_matches('`');
+        d.message = format!("missing key `{field}`");
+        d.help = Some(format!("add `{field}:` to this entry"));
+    } else if msg.contains("expected sequence start") {
+        d.message = "expected a list here".to_owned();
+        d.help = Some("write a list: `[a, b]`, or one `- item` per line".to_owned());
+    } else if msg.contains("expected mapping start") {
+        d.message = "expected a mapping here".to_owned();
+        d.help = Some(
+            "write `key: value` lines (see docs/policy.md for the keys of each section)".to_owned(),
+        );
+    } else if msg.contains("invalid type") {
+        d.help = Some("check the shape of this value against docs/policy.md".to_owned());
+    }
+    d
+}
+
+/// Removes " at line N, column M" that the YAML layer puts inside messages:
+/// the position is shown separately.
+fn strip_location(msg: &str) -> String {
+    let mut out = msg.to_owned();
+    while let Some(at) = out.find(" at line ") {
+        let rest = &out[at + " at line ".len()..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        let rest2 = &rest[digits..];
+        let Some(after) = rest2.strip_prefix(", column ") else {
+            break;
+        };
+        let digits2 = after.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 || digits2 == 0 {
+            break;
+        }
+        let end = at + " at line ".len() + digits + ", column ".len() + digits2;
+        out.replace_range(at..end, "");
+    }
+    out
+}
+
+/// The built-in example policy, validated.
+pub fn example() -> Result<Policy, PolicyError> {
+    parse("<built-in example policy>", EXAMPLE_POLICY)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,434 @@
+//! The contract between segment's kernel programs and its agent.
+//!
+//! Every type here crosses the user/kernel boundary as raw bytes, so each one
+//! is `#[repr(C)]`, has explicit padding (never a `bool`, never implicit holes)
+//! and a size checked at compile time. Changing a layout means changing the
+//! map's versioned name in [`map_names`], so that a new agent never reads an old
+//! pinned map with the wrong layout.
+#![no_std]
+
+pub mod map_names;
+
+/// Which of the two policy table sets the datapath reads. The agent fills the
+/// inactive slot completely, then flips [`GlobalConfig::active_slot`]: one
+/// aligned `u32` store, so every packet sees either the old or the new policy.
+pub const SLOT_COUNT: u32 = 2;
+
+/// Identity of addresses that belong to no segment and no address selector.
+/// They still match `*`.
+pub const IDENTITY_WORLD: u32 = 0;
+/// Class of an identity that no `src` (or `dst`) selector other than `*` names.
+pub const CLASS_NONE: u32 = 0;
+
+/// `RuleKey::port_class` for entries that match every port, and for protocols
+/// that carry no ports (ICMP, ICMPv6, others).
+pub const PORT_CLASS_ANY: u16 = u16::MAX;
+
+/// Protocols whose destination port takes part in rule matching. The port
+/// class array holds `PORT_PROTOS.len()` blocks of 65,536 entries.
+pub const PORT_PROTOS: [u8; 3] = [IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP];
+pub const PORT_CLASS_ENTRIES: u32 = 3 * 65_536;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Index of `proto`'s block in the port class array, if its ports matter.
+#[inline(always)]
+pub const fn port_proto_block(proto: u8) -> Option<u32> {
+    match proto {
+        IPPROTO_TCP => Some(0),
+        IPPROTO_UDP => Some(1),
+        IPPROTO_SCTP => Some(2),
+        _ => None,
+    }
+}
+
+/// Default capacities. Maps that are not preallocated (LPM tries, the rule
+/// hash) only cost memory for the entries in use, so their bounds are high;
+/// the agent refuses a policy that does not fit before it touches any map.
+pub const MAX_PREFIXES: u32 = 1 << 21;
+pub const MAX_RULE_ENTRIES: u32 = 1 << 22;
+/// Rules (acls plus failsafe entries) of one policy; also the size of the
+/// per-slot rule hit arrays.
+pub const MAX_RULES: u32 = 1 << 18;
+pub const DEFAULT_CT_ENTRIES: u32 = 1 << 18;
+pub const FRAG_ENTRIES: u32 = 1 << 13;
+/// Distinct (source identity, destination identity) pairs with counters.
+/// Traffic of pairs beyond this is counted under [`PAIR_OVERFLOW`].
+pub const MAX_COUNTER_PAIRS: u32 = 1 << 16;
+pub const PAIR_OVERFLOW: u32 = u32::MAX;
+
+/// Value of the identity LPM tries (`SEG_ID4_*`, `SEG_ID6_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Counter identity: the exact set of segments the address belongs to.
+    /// Stable across policy reloads for the same set of segments.
+    pub id: u32,
+    /// Equivalence class among `src` selectors (see the compiler).
+    pub src_class: u32,
+    /// Equivalence class among `dst` selectors.
+    pub dst_class: u32,
+    /// `IDENTITY_F_*`.
+    pub flags: u32,
+}
+
+/// Denied packets *to* this identity pass and are counted as would-drop.
+pub const IDENTITY_F_AUDIT: u32 = 1;
+
+/// LPM key data for IPv4: the address in network byte order.
+pub type Ipv4Addr = [u8; 4];
+/// LPM key data for IPv6: the address in network byte order.
+pub type Ipv6Addr = [u8; 16];
+
+/// Key of the rule hash (`SEG_RULE_*`).
+///
+/// Lookup order in the datapath, first hit wins:
+/// 1. `(src_class, dst_class, port_class(proto, dport), proto)` for TCP, UDP
+///    and SCTP when the port falls in a class;
+/// 2. `(src_class, dst_class, PORT_CLASS_ANY, proto)`.
+///
+/// The compiler stores in every specific entry the lowest rule index of
+/// either lookup, so the rule reported is always the first matching rule of
+/// the policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    pub src_class: u32,
+    pub dst_class: u32,
+    pub port_class: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleValue {
+    /// Index of the rule in the compiled policy (failsafe entries first).
+    pub rule: u32,
+    /// `RULE_F_*`.
+    pub flags: u32,
+}
+
+/// The rule comes from the `failsafe:` section.
+pub const RULE_F_FAILSAFE: u32 = 1;
+
+/// Entry 0 of `SEG_CFG`: what every packet reads first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalConfig {
+    /// Slot (0 or 1) of the tables in force.
+    pub active_slot: u32,
+    /// `OVERRIDE_*`: an emergency switch an admin can flip with bpftool
+    /// alone, whatever the policy says.
+    pub override_mode: u32,
+    /// Set once a policy has been written; until then the datapath passes
+    /// everything (there is nothing to enforce yet).
+    pub initialized: u32,
+    pub _pad: u32,
+}
+
+/// Enforce the policy in the active slot.
+pub const OVERRIDE_NONE: u32 = 0;
+/// Pass every packet (still counted and conntracked). For a broken agent.
+pub const OVERRIDE_PASS_ALL: u32 = 1;
+/// Judge every packet, but let denied ones pass as would-drop.
+pub const OVERRIDE_AUDIT_ALL: u32 = 2;
+
+/// Per-slot settings that come with the policy (`SEG_SLOT`, index = slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// Monotonic generation of the policy loaded in this slot.
+    pub generation: u64,
+    /// 1 when the egress program enforces the policy (not only tracks).
+    pub enforce_egress: u32,
+    /// 1 when the ingress program enforces the policy.
+    pub enforce_ingress: u32,
+    /// `IDENTITY_F_*` of addresses outside every prefix (identity 0).
+    pub world_flags: u32,
+    pub _pad: u32,
+}
+
+/// Hook a packet was judged at; also the index of per-hook counter blocks.
+pub const HOOK_INGRESS: u32 = 0;
+pub const HOOK_EGRESS: u32 = 1;
+
+/// Packets and bytes, per outcome, for one hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub allowed_packets: u64,
+    pub allowed_bytes: u64,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    pub would_drop_packets: u64,
+    pub would_drop_bytes: u64,
+}
+
+impl TrafficCounters {
+    pub fn add(&mut self, other: &Self) {
+        self.allowed_packets = self.allowed_packets.wrapping_add(other.allowed_packets);
+        self.allowed_bytes = self.allowed_bytes.wrapping_add(other.allowed_bytes);
+        self.dropped_packets = self.dropped_packets.wrapping_add(other.dropped_packets);
+        self.dropped_bytes = self.dropped_bytes.wrapping_add(other.dropped_bytes);
+        self.would_drop_packets = self
+            .would_drop_packets
+            .wrapping_add(other.would_drop_packets);
+        self.would_drop_bytes = self.would_drop_bytes.wrapping_add(other.would_drop_bytes);
+    }
+}
+
+/// Key of the per-CPU pair counters (`SEG_PAIRS`): who talked to whom, by
+/// counter identity. Counting pairs (not single identities) lets the agent
+/// count a packet once per segment even when both ends share a segment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    pub src_id: u32,
+    pub dst_id: u32,
+}
+
+/// Value of `SEG_PAIRS`: one block per hook.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PairCounters {
+    pub hooks: [TrafficCounters; 2],
+}
+
+/// Why a packet passed or was dropped. Index into `SEG_REASONS` is
+/// `reason * 2 + hook`. Codes are never renumbered; new ones are appended.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp = 0,
+    /// IPv6 neighbour discovery / router solicitation and advertisement.
+    PassNeighbor = 1,
+    /// Part of a tracked connection.
+    PassConntrack = 2,
+    /// Allowed by an acl.
+    PassRule = 3,
+    /// Allowed by a failsafe entry.
+    PassFailsafe = 4,
+    /// Egress with egress enforcement off: tracked, not judged.
+    PassNotEnforced = 5,
+    /// Denied, but the destination is in audit mode.
+    PassAudit = 6,
+    /// The override switch says pass-all.
+    PassOverride = 7,
+    /// Non-first fragment of a datagram whose first fragment passed.
+    PassFragment = 8,
+    /// ICMP error quoting a tracked connection.
+    PassRelated = 9,
+    /// No policy loaded yet.
+    PassNoPolicy = 10,
+    /// No rule allows it.
+    DropNoRule = 11,
+    /// Truncated or inconsistent headers.
+    DropMalformed = 12,
+    /// Non-first fragment with no passed first fragment.
+    DropFragment = 13,
+    /// IPv6 extension header chain longer than the datapath walks.
+    DropExtHeaders = 14,
+}
+
+pub const REASON_COUNT: u32 = 15;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassNeighbor,
+        Reason::PassConntrack,
+        Reason::PassRule,
+        Reason::PassFailsafe,
+        Reason::PassNotEnforced,
+        Reason::PassAudit,
+        Reason::PassOverride,
+        Reason::PassFragment,
+        Reason::PassRelated,
+        Reason::PassNoPolicy,
+        Reason::DropNoRule,
+        Reason::DropMalformed,
+        Reason::DropFragment,
+        Reason::DropExtHeaders,
+    ];
+
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Reason::DropNoRule
+                | Reason::DropMalformed
+                | Reason::DropFragment
+                | Reason::DropExtHeaders
+        )
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNeighbor => "pass_neighbor_discovery",
+            Reason::PassConntrack => "pass_conntrack",
+            Reason::PassRule => "pass_rule",
+            Reason::PassFailsafe => "pass_failsafe",
+            Reason::PassNotEnforced => "pass_not_enforced",
+            Reason::PassAudit => "pass_audit",
+            Reason::PassOverride => "pass_override",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassRelated => "pass_icmp_related",
+            Reason::PassNoPolicy => "pass_no_policy",
+            Reason::DropNoRule => "drop_no_rule",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropExtHeaders => "drop_ext_headers",
+        }
+    }
+
+    pub const fn from_u32(v: u32) -> Option<Reason> {
+        if v < REASON_COUNT {
+            Some(Reason::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+}
+
+/// Value of `SEG_REASONS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Connection tracking key. The two endpoints are stored in a canonical order
+/// (endpoint `a` is the smaller one) so both directions of a flow find the
+/// same entry with one lookup.
+///
+/// Addresses are IPv6-sized; IPv4 uses the first word. Ports are in host
+/// byte order; for ICMP echo, the echo identifier stands in for the port of the
+/// side that sent the request and 0 for the other side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub addr_a: [u32; 4],
+    pub addr_b: [u32; 4],
+    pub port_a: u16,
+    pub port_b: u16,
+    pub proto: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+    pub created_ns: u64,
+    /// Counter identities of initiator and responder when the flow was created.
+    pub src_id: u32,
+    pub dst_id: u32,
+    /// `CT_F_*`.
+    pub flags: u32,
+    /// Rule that admitted the flow, `CT_RULE_NONE` when egress was not enforced.
+    pub rule: u32,
+}
+
+pub const CT_RULE_NONE: u32 = u32::MAX;
+/// Endpoint `a` opened the flow (else `b` did).
+pub const CT_F_INITIATOR_A: u32 = 1 << 0;
+/// A packet has been seen from the responder.
+pub const CT_F_REPLIED: u32 = 1 << 1;
+pub const CT_F_FIN_A: u32 = 1 << 2;
+pub const CT_F_FIN_B: u32 = 1 << 3;
+pub const CT_F_RST: u32 = 1 << 4;
+/// Created by the egress program (an outgoing flow).
+pub const CT_F_EGRESS: u32 = 1 << 5;
+/// Created by a denied opener that passed because its destination is in
+/// audit mode: the rest of the flow passes without being counted again.
+pub const CT_F_AUDIT: u32 = 1 << 6;
+/// Created while the hook did not enforce (egress by default).
+pub const CT_F_UNENFORCED: u32 = 1 << 7;
+
+/// Idle timeouts, in nanoseconds.
+pub const CT_TIMEOUT_TCP_ESTABLISHED_NS: u64 = 2 * 3600 * 1_000_000_000;
+pub const CT_TIMEOUT_TCP_SYN_NS: u64 = 60 * 1_000_000_000;
+pub const CT_TIMEOUT_TCP_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const CT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
+pub const CT_TIMEOUT_UDP_REPLIED_NS: u64 = 180 * 1_000_000_000;
+pub const CT_TIMEOUT_OTHER_NS: u64 = 30 * 1_000_000_000;
+/// A flow's timestamp is rewritten at most this often, to keep the
+/// established fast path free of writes.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Fragment tracking key: a datagram is identified by its addresses, protocol
+/// and IP identification.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub seen_ns: u64,
+    /// `Reason` the first fragment passed with, reused for the others.
+    pub reason: u32,
+    /// Counter identities of the datagram's source and destination.
+    pub src_id: u32,
+    pub dst_id: u32,
+    pub _pad: u32,
+}
+
+/// How long non-first fragments are accepted after their first fragment.
+pub const FRAG_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+assert_size!(Identity, 16);
+assert_size!(RuleKey, 12);
+assert_size!(RuleValue, 8);
+assert_size!(GlobalConfig, 16);
+assert_size!(SlotConfig, 24);
+assert_size!(TrafficCounters, 48);
+assert_size!(PairKey, 8);
+assert_size!(PairCounters, 96);
+assert_size!(ReasonCounters, 16);
+assert_size!(CtKey, 40);
+assert_size!(CtValue, 32);
+assert_size!(FragKey, 40);
+assert_size!(FragValue, 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are `#[repr(C)]`, made of integers and integer
+    // arrays only, with explicit padding fields: every bit pattern is valid.
+    unsafe impl aya::Pod for Identity {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for RuleValue {}
+    unsafe impl aya::Pod for GlobalConfig {}
+    unsafe impl aya::Pod for SlotConfig {}
+    unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for PairKey {}
+    unsafe impl aya::Pod for PairCounters {}
+    unsafe impl aya::Pod for ReasonCounters {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+}
