@@ -8,7 +8,8 @@
 
 pub mod cli;
 pub mod compile;
-
+pub mod datapath;
 pub mod eval;
 pub mod policy;
+pub mod report;
 pub mod verify;

@@ -4,6 +4,8 @@
 //! the action from the counted reason is what keeps "counted as dropped" and
 //! "actually dropped" from ever disagreeing.
 
+use aya_ebpf::EbpfContext;
+use aya_log_ebpf::warn;
 use segment_common::{PAIR_OVERFLOW, PairCounters, PairKey, Reason};
 
 use crate::maps::{PAIRS, REASONS};
@@ -30,7 +32,7 @@ fn count_reason(reason: Reason, hook: u32, len: u64) {
 }
 
 #[inline(always)]
-fn pair_counters(key: &PairKey) -> Option<*mut PairCounters> {
+fn pair_counters<C: EbpfContext>(ctx: &C, key: &PairKey) -> Option<*mut PairCounters> {
     if let Some(p) = PAIRS.get_ptr_mut(key) {
         return Some(p);
     }
@@ -41,6 +43,10 @@ fn pair_counters(key: &PairKey) -> Option<*mut PairCounters> {
         if let Some(p) = PAIRS.get_ptr_mut(key) {
             return Some(p);
         }
+        warn!(
+            ctx,
+            "pair counter map full: counting {} -> {} as overflow", key.src_id, key.dst_id
+        );
         let overflow = PairKey {
             src_id: PAIR_OVERFLOW,
             dst_id: PAIR_OVERFLOW,
@@ -55,12 +61,12 @@ fn pair_counters(key: &PairKey) -> Option<*mut PairCounters> {
 }
 
 #[inline(always)]
-fn count_pair(pair: Pair, reason: Reason, hook: u32, len: u64) {
+fn count_pair<C: EbpfContext>(ctx: &C, pair: Pair, reason: Reason, hook: u32, len: u64) {
     let key = PairKey {
         src_id: pair.src_id,
         dst_id: pair.dst_id,
     };
-    let Some(c) = pair_counters(&key) else {
+    let Some(c) = pair_counters(ctx, &key) else {
         return;
     };
     // SAFETY: per-CPU value of this CPU, from a successful lookup or insert.
@@ -84,10 +90,16 @@ fn count_pair(pair: Pair, reason: Reason, hook: u32, len: u64) {
 
 /// Counts the packet and says whether it passes.
 #[inline(always)]
-pub fn finish(reason: Reason, pair: Option<Pair>, hook: u32, len: u64) -> bool {
+pub fn finish<C: EbpfContext>(
+    ctx: &C,
+    reason: Reason,
+    pair: Option<Pair>,
+    hook: u32,
+    len: u64,
+) -> bool {
     count_reason(reason, hook, len);
     if let Some(pair) = pair {
-        count_pair(pair, reason, hook, len);
+        count_pair(ctx, pair, reason, hook, len);
     }
     !reason.is_drop()
 }

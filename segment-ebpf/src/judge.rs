@@ -11,6 +11,7 @@
 //! 7. Denied packets to a destination in audit mode (or under the `audit-all`
 //!    override) pass as would-drop; all others are dropped.
 
+use aya_ebpf::EbpfContext;
 use segment_common::{
     CT_F_AUDIT, CT_F_EGRESS, CT_F_UNENFORCED, CT_RULE_NONE, HOOK_EGRESS, IDENTITY_F_AUDIT,
     OVERRIDE_AUDIT_ALL, OVERRIDE_PASS_ALL, RULE_F_FAILSAFE, Reason,
@@ -28,24 +29,26 @@ use crate::{
 
 /// Judges the packet between `data` and `data_end`; true means pass.
 #[inline(always)]
-pub fn judge(data: usize, data_end: usize, len: u64, hook: u32) -> bool {
+pub fn judge<C: EbpfContext>(ctx: &C, data: usize, data_end: usize, len: u64, hook: u32) -> bool {
     let cursor = Cursor::new(data, data_end);
     match parse(&cursor) {
-        Parsed::NotIp => finish(Reason::PassNotIp, None, hook, len),
-        Parsed::Neighbor => finish(Reason::PassNeighbor, None, hook, len),
+        Parsed::NotIp => finish(ctx, Reason::PassNotIp, None, hook, len),
+        Parsed::Neighbor => finish(ctx, Reason::PassNeighbor, None, hook, len),
         Parsed::Malformed => finish(
+            ctx,
             malformed_or_override(Reason::DropMalformed),
             None,
             hook,
             len,
         ),
         Parsed::ExtHeaders => finish(
+            ctx,
             malformed_or_override(Reason::DropExtHeaders),
             None,
             hook,
             len,
         ),
-        Parsed::Ip(pkt) => judge_ip(&pkt, hook, len),
+        Parsed::Ip(pkt) => judge_ip(ctx, &pkt, hook, len),
     }
 }
 
@@ -67,20 +70,20 @@ fn malformed_or_override(reason: Reason) -> Reason {
 }
 
 #[inline(always)]
-fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
+fn judge_ip<C: EbpfContext>(ctx: &C, pkt: &Packet, hook: u32, len: u64) -> bool {
     let Some(cfg) = CONFIG.get(0) else {
-        return finish(Reason::PassNoPolicy, None, hook, len);
+        return finish(ctx, Reason::PassNoPolicy, None, hook, len);
     };
     if cfg.override_mode == OVERRIDE_PASS_ALL {
-        return finish(Reason::PassOverride, None, hook, len);
+        return finish(ctx, Reason::PassOverride, None, hook, len);
     }
     if cfg.initialized == 0 {
-        return finish(Reason::PassNoPolicy, None, hook, len);
+        return finish(ctx, Reason::PassNoPolicy, None, hook, len);
     }
     let slot = cfg.active_slot & 1;
     let audit_all = cfg.override_mode == OVERRIDE_AUDIT_ALL;
     let Some(slot_cfg) = slot_config(slot) else {
-        return finish(Reason::PassNoPolicy, None, hook, len);
+        return finish(ctx, Reason::PassNoPolicy, None, hook, len);
     };
     let now = now_ns();
 
@@ -95,7 +98,7 @@ fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
             } else {
                 Reason::PassFragment
             };
-            return finish(reason, Some(pair), hook, len);
+            return finish(ctx, reason, Some(pair), hook, len);
         }
         let src = identity(slot, pkt.family, &pkt.src, slot_cfg.world_flags);
         let dst = identity(slot, pkt.family, &pkt.dst, slot_cfg.world_flags);
@@ -108,7 +111,7 @@ fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
         } else {
             Reason::DropFragment
         };
-        return finish(reason, Some(pair), hook, len);
+        return finish(ctx, reason, Some(pair), hook, len);
     }
 
     if let Some(flow) = track(pkt, now) {
@@ -123,7 +126,7 @@ fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
             src_id: flow.src_id,
             dst_id: flow.dst_id,
         };
-        return finish(Reason::PassConntrack, Some(pair), hook, len);
+        return finish(ctx, Reason::PassConntrack, Some(pair), hook, len);
     }
 
     let src = identity(slot, pkt.family, &pkt.src, slot_cfg.world_flags);
@@ -135,7 +138,7 @@ fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
 
     if let Some(q) = &pkt.quoted {
         if is_related(pkt.family, q, now) {
-            return finish(Reason::PassRelated, Some(pair), hook, len);
+            return finish(ctx, Reason::PassRelated, Some(pair), hook, len);
         }
     }
 
@@ -157,7 +160,7 @@ fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
             );
         }
         remember_first_fragment(pkt, now, Reason::PassNotEnforced as u32, src.id, dst.id);
-        return finish(Reason::PassNotEnforced, Some(pair), hook, len);
+        return finish(ctx, Reason::PassNotEnforced, Some(pair), hook, len);
     }
 
     if let Some(rule) = matching_rule(slot, src.src_class, dst.dst_class, pkt.proto, pkt.dport) {
@@ -171,7 +174,7 @@ fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
             Reason::PassRule
         };
         remember_first_fragment(pkt, now, reason as u32, src.id, dst.id);
-        return finish(reason, Some(pair), hook, len);
+        return finish(ctx, reason, Some(pair), hook, len);
     }
 
     if dst.flags & IDENTITY_F_AUDIT != 0 || audit_all {
@@ -186,7 +189,7 @@ fn judge_ip(pkt: &Packet, hook: u32, len: u64) -> bool {
             );
         }
         remember_first_fragment(pkt, now, Reason::PassAudit as u32, src.id, dst.id);
-        return finish(Reason::PassAudit, Some(pair), hook, len);
+        return finish(ctx, Reason::PassAudit, Some(pair), hook, len);
     }
-    finish(Reason::DropNoRule, Some(pair), hook, len)
+    finish(ctx, Reason::DropNoRule, Some(pair), hook, len)
 }

@@ -36,7 +36,7 @@ mod programs {
     pub fn segment_ingress(ctx: XdpContext) -> u32 {
         let (data, end) = (ctx.data(), ctx.data_end());
         let len = end.saturating_sub(data) as u64;
-        if judge(data, end, len, HOOK_INGRESS) {
+        if judge(&ctx, data, end, len, HOOK_INGRESS) {
             xdp_action::XDP_PASS
         } else {
             xdp_action::XDP_DROP
@@ -53,7 +53,7 @@ mod programs {
         if linear < want {
             let _ = ctx.skb.pull_data(want);
         }
-        if judge(ctx.data(), ctx.data_end(), len as u64, HOOK_EGRESS) {
+        if judge(&ctx, ctx.data(), ctx.data_end(), len as u64, HOOK_EGRESS) {
             // Let any later program on the hook have its say.
             TC_ACT_UNSPEC
         } else {

@@ -8,9 +8,12 @@
 //!   the kernel refused a program, ...).
 
 mod check;
+mod detach;
 pub mod explain;
 mod output;
 mod policy_tests;
+pub mod run;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -82,12 +85,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Enforce a policy on interfaces; stay in the foreground.
+    ///
+    /// Loads the XDP (ingress) and TC (egress) programs, pins maps, programs
+    /// and links under the pin directory, writes the policy and attaches.
+    /// Stopping the process leaves enforcement in place; a second `run`
+    /// adopts what is pinned. The policy file is watched and reloaded on
+    /// change or SIGHUP; a policy that fails validation leaves the running
+    /// one untouched.
+    Run(run::RunArgs),
+    /// Per-segment allowed/dropped counters, rule hits and drop reasons.
+    ///
+    /// Reads the pinned maps: works whether or not `run` is alive.
+    Stats(stats::StatsArgs),
+    /// Remove segment: programs, links, maps and state (or only the named
+    /// interfaces' links).
+    Detach(detach::DetachArgs),
     /// Print the built-in example policy (a starting point for your own).
     Example,
 }
 
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_target(false)
+        .init();
     match dispatch(cli) {
         Ok(Outcome::Success) => std::process::ExitCode::SUCCESS,
         Ok(Outcome::Rejected) => std::process::ExitCode::from(1),
@@ -113,6 +139,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             dport,
             json,
         } => explain::run(&policy, src, dst, &proto, dport, json),
+        Command::Run(args) => run::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Detach(args) => detach::run(args),
         Command::Example => {
             print!("{}", crate::policy::EXAMPLE_POLICY);
             Ok(Outcome::Success)

@@ -64,9 +64,44 @@ pub struct IdentityInfo {
 /// same number for the same set across reloads and counters stay meaningful.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct IdentityAllocator {
-    /// Segment references → identity.
+    /// Segment references → identity (a list of pairs in JSON, whose map
+    /// keys must be strings).
+    #[serde(with = "pairs")]
     pub ids: BTreeMap<Vec<String>, u32>,
     pub next: u32,
+}
+
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Pair {
+        segments: Vec<String>,
+        id: u32,
+    }
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<Vec<String>, u32>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let v: Vec<Pair> = m
+            .iter()
+            .map(|(k, v)| Pair {
+                segments: k.clone(),
+                id: *v,
+            })
+            .collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Vec<String>, u32>, D::Error> {
+        let v: Vec<Pair> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|p| (p.segments, p.id)).collect())
+    }
 }
 
 impl IdentityAllocator {

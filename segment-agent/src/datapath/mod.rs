@@ -1,0 +1,146 @@
+//! The kernel-facing side: load and attach the programs, write policies into
+//! their maps, read counters. Kept thin; every decision about what to write
+//! is made by the pure modules ([`crate::compile`]).
+
+pub mod counters;
+pub mod loader;
+pub mod paths;
+pub mod state;
+pub mod tables;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use segment_common::SlotConfig;
+
+use crate::{
+    compile::{self, Compiled},
+    policy::Policy,
+};
+pub use paths::Paths;
+use state::{SlotMeta, State};
+use tables::{PolicyMaps, SlotContents};
+
+/// Applies policies to pinned maps, one atomic switch at a time.
+pub struct Enforcer {
+    pub paths: Paths,
+    pub state: State,
+    maps: PolicyMaps,
+    /// What each slot holds, once known (read back lazily from the kernel).
+    contents: [Option<SlotContents>; 2],
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplyReport {
+    pub generation: u64,
+    pub slot: u32,
+    pub compile_time: Duration,
+    pub write_time: Duration,
+    pub entries_written: usize,
+    pub entries_removed: usize,
+    pub sizes: compile::Sizes,
+}
+
+impl Enforcer {
+    /// Opens the pinned maps and the state file.
+    pub fn open(paths: &Paths) -> Result<Self> {
+        let state = State::load(&paths.state_file())?;
+        let maps = PolicyMaps::open(paths)?;
+        Ok(Self {
+            paths: paths.clone(),
+            state,
+            maps,
+            contents: [None, None],
+        })
+    }
+
+    /// Compiles a policy with this enforcer's identity numbers (without
+    /// touching anything).
+    pub fn compile(
+        &self,
+        policy: &Policy,
+    ) -> Result<(Compiled, compile::IdentityAllocator), compile::CompileError> {
+        let mut ids = self.state.identities.clone();
+        let c = compile::compile_with(policy, &mut ids)?;
+        Ok((c, ids))
+    }
+
+    /// The slot the datapath reads, if a policy was ever applied.
+    pub fn active_slot(&self) -> Result<Option<u32>> {
+        let g = self.maps.global()?;
+        Ok((g.initialized != 0).then_some(g.active_slot & 1))
+    }
+
+    /// Writes a compiled policy into the inactive slot and switches to it.
+    /// Nothing the datapath reads changes until the final switch; an error
+    /// before it leaves the running policy in force.
+    pub fn apply(
+        &mut self,
+        policy: &Policy,
+        compiled: Compiled,
+        ids: compile::IdentityAllocator,
+        compile_time: Duration,
+    ) -> Result<ApplyReport> {
+        let started = Instant::now();
+        let slot = match self.active_slot()? {
+            Some(active) => 1 - active,
+            None => 0,
+        };
+        let generation = self.state.generation + 1;
+        let config = SlotConfig {
+            generation,
+            enforce_egress: u32::from(policy.enforce.egress),
+            enforce_ingress: u32::from(policy.enforce.ingress),
+            world_flags: compiled.world.flags,
+            _pad: 0,
+        };
+        let new = SlotContents::from_compiled(&compiled, config);
+        let old = match self.contents[slot as usize].take() {
+            Some(c) => c,
+            None => self
+                .maps
+                .read_slot(slot)
+                .context("reading back the inactive slot")?,
+        };
+        let written = self.maps.write_slot(slot, &old, &new);
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // The slot is now partly written: forget what it holds so
+                // the next attempt reads it back from the kernel.
+                self.contents[slot as usize] = None;
+                return Err(e);
+            }
+        };
+        // Record what the slot means before the datapath starts reading it.
+        let mut state = self.state.clone();
+        state.generation = generation;
+        state.identities = ids;
+        state.slots[slot as usize] = Some(SlotMeta::describe(policy, generation));
+        state.save(&self.paths.state_file())?;
+        std::fs::write(self.paths.slot_policy(slot), &policy.source.text)
+            .with_context(|| format!("saving {}", self.paths.slot_policy(slot).display()))?;
+        self.maps.activate(slot)?;
+        self.state = state;
+        self.contents[slot as usize] = Some(new);
+        Ok(ApplyReport {
+            generation,
+            slot,
+            compile_time,
+            write_time: started.elapsed(),
+            entries_written: written.written,
+            entries_removed: written.removed,
+            sizes: compiled.sizes.clone(),
+        })
+    }
+
+    /// Records the attached interfaces in the state file.
+    pub fn set_interfaces(&mut self, interfaces: Vec<state::Interface>) -> Result<()> {
+        self.state.interfaces = interfaces;
+        self.state.save(&self.paths.state_file())
+    }
+
+    pub fn maps(&mut self) -> &mut PolicyMaps {
+        &mut self.maps
+    }
+}

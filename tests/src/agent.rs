@@ -1,0 +1,252 @@
+//! Running the real `segment-agent` binary against a lab: each instance gets
+//! its own pin and state directories, and is stopped and fully detached when
+//! dropped (even if the test panicked).
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::netns::{Netns, PREFIX};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// The agent binary: `$SEGMENT_AGENT_BIN`, else the workspace's debug build.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SEGMENT_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    for profile in ["debug", "release"] {
+        let p = root.join("target").join(profile).join("segment-agent");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "segment-agent is not built: run `cargo build -p segment-agent` or set SEGMENT_AGENT_BIN"
+    );
+}
+
+/// Unique pin and state directories of one agent instance.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub pin: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{PREFIX}-{}-{n}", std::process::id());
+        Self {
+            pin: PathBuf::from("/sys/fs/bpf").join(&tag),
+            state: std::env::temp_dir().join(&tag),
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--pin-dir".into(),
+            self.pin.display().to_string(),
+            "--state-dir".into(),
+            self.state.display().to_string(),
+        ]
+    }
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs `segment-agent ARGS... --pin-dir .. --state-dir ..` (a one-shot
+/// command such as `stats`), returning (exit code, stdout, stderr).
+pub fn command(ns: Option<&Netns>, dirs: &Dirs, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.path().display()))
+                .arg(agent_bin());
+            c
+        }
+        None => Command::new(agent_bin()),
+    };
+    cmd.args(args).args(dirs.args());
+    let out = cmd.output().expect("running segment-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `segment-agent run`.
+pub struct Agent {
+    pub dirs: Dirs,
+    child: Option<Child>,
+    log: PathBuf,
+    pub policy: PathBuf,
+    ns: PathBuf,
+}
+
+impl Agent {
+    /// Writes `policy` to a file and starts the agent inside `ns` on
+    /// `ifaces`, waiting until it enforces.
+    pub fn start(ns: &Netns, policy: &str, ifaces: &[String], extra: &[&str]) -> Self {
+        let dirs = Dirs::new();
+        std::fs::create_dir_all(&dirs.state).expect("state dir");
+        let policy_path = dirs.state.join("policy.yaml");
+        std::fs::write(&policy_path, policy).expect("write policy");
+        Self::start_with(ns, dirs, &policy_path, ifaces, extra)
+    }
+
+    /// Starts an agent with existing directories (to test restarts).
+    pub fn start_with(
+        ns: &Netns,
+        dirs: Dirs,
+        policy: &Path,
+        ifaces: &[String],
+        extra: &[&str],
+    ) -> Self {
+        let log = dirs.state.join(format!(
+            "agent-{}.log",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path().display()))
+            .arg(agent_bin())
+            .arg("run")
+            .arg("--policy")
+            .arg(policy);
+        for i in ifaces {
+            cmd.arg("--iface").arg(i);
+        }
+        cmd.args(extra)
+            .args(dirs.args())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log_file.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log_file));
+        let child = cmd.spawn().expect("spawn segment-agent");
+        let mut agent = Self {
+            dirs,
+            child: Some(child),
+            log,
+            policy: policy.to_path_buf(),
+            ns: ns.path(),
+        };
+        agent.wait_for_log("enforcing on", Duration::from_secs(30));
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until the log contains `needle`; panics with the log if the
+    /// agent exits or time runs out.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "segment-agent exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("agent running")
+    }
+
+    /// Sends a signal to the agent process (nsenter execs it, so the pid is
+    /// the agent's).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with a pid we spawned.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// SIGKILL, and reap: enforcement must stay in place.
+    pub fn kill9(&mut self) -> Dirs {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.dirs.clone()
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: kill with a pid we spawned.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `segment-agent stats --json` against this agent's pins.
+    pub fn stats(&self) -> serde_json::Value {
+        let (code, out, err) = command(None, &self.dirs, &["stats", "--json"]);
+        assert_eq!(code, 0, "stats failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats JSON: {e}\n{out}"))
+    }
+
+    /// A segment's entry in `stats --json`.
+    pub fn segment(&self, name: &str) -> serde_json::Value {
+        let s = self.stats();
+        s["segments"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or(serde_json::json!({"name": name, "dropped_packets": 0, "allowed_packets": 0, "would_drop_packets": 0}))
+    }
+
+    pub fn netns_path(&self) -> &Path {
+        &self.ns
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = command(None, &self.dirs, &["detach", "--force"]);
+        let _ = std::fs::remove_dir_all(&self.dirs.pin);
+        if std::thread::panicking() {
+            eprintln!("--- agent log ({}) ---\n{}", self.log.display(), self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dirs.state);
+    }
+}
