@@ -106,6 +106,12 @@ impl Cursor {
         Some(start as *const T)
     }
 
+    /// Whether the packet holds `off` bytes (that is, `off` is at most its end).
+    #[inline(always)]
+    pub fn holds(&self, off: usize) -> bool {
+        self.data + off <= self.end
+    }
+
     /// Copies `N` bytes at `off`. Reads are always at least two bytes wide:
     /// LLVM turns a one-byte check into `start >= end`, which the verifier
     /// does not accept as a proof of range.
@@ -209,7 +215,7 @@ fn parse_ipv4(c: &Cursor, off: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-    if tot_len < hlen {
+    if tot_len < hlen || !c.holds(off + hlen) {
         return Parsed::Malformed;
     }
     let frags = u16::from_be_bytes(ip.frags);
@@ -337,7 +343,7 @@ fn parse_ipv6(c: &Cursor, off: usize) -> Parsed {
     if !done {
         return Parsed::ExtHeaders;
     }
-    if ext > MAX_EXT_BYTES || ext > payload_len {
+    if ext > MAX_EXT_BYTES || ext > payload_len || !c.holds(base + ext) {
         return Parsed::Malformed;
     }
     pkt.proto = next;

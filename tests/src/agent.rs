@@ -94,6 +94,8 @@ pub struct Agent {
     log: PathBuf,
     pub policy: PathBuf,
     ns: PathBuf,
+    /// Set when the directories were handed to another agent.
+    handed_over: bool,
 }
 
 impl Agent {
@@ -141,6 +143,7 @@ impl Agent {
             log,
             policy: policy.to_path_buf(),
             ns: ns.path(),
+            handed_over: false,
         };
         agent.wait_for_log("enforcing on", Duration::from_secs(30));
         agent
@@ -190,13 +193,16 @@ impl Agent {
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
-    /// SIGKILL, and reap: enforcement must stay in place.
-    pub fn kill9(&mut self) -> Dirs {
+    /// SIGKILL, and reap: enforcement must stay in place. The directories
+    /// (and the policy file in them) are handed over, for a new agent to
+    /// adopt; whoever holds them next cleans up.
+    pub fn kill9(mut self) -> (Dirs, PathBuf) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.dirs.clone()
+        self.handed_over = true;
+        (self.dirs.clone(), self.policy.clone())
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.
@@ -242,6 +248,9 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
+        if self.handed_over {
+            return;
+        }
         let _ = command(None, &self.dirs, &["detach", "--force"]);
         let _ = std::fs::remove_dir_all(&self.dirs.pin);
         if std::thread::panicking() {

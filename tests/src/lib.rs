@@ -9,5 +9,6 @@ pub mod agent;
 pub mod frames;
 pub mod lab;
 pub mod netns;
+pub mod policies;
 pub mod traffic;
 pub mod vlan;

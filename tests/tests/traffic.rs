@@ -12,45 +12,12 @@ use segment_tests::{
     agent::Agent,
     frames::{TPID_8021AD, TPID_8021Q},
     lab::Lab,
+    policies::LAB_POLICY,
     traffic::{
         RawLink, Tcp, ping, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange, udp_send,
     },
     vlan::Trunk,
 };
-
-const POLICY: &str = r#"
-hosts:
-  db: 10.10.1.10
-users:
-  alice: [10.10.9.5, "fd00:9::5"]
-  carol: [10.10.9.7]
-groups:
-  admins: [carol]
-tags:
-  web: [10.10.0.0/24, "fd00:10::/64"]
-  db-server: [db, "fd00:1::10"]
-  staff: [10.10.9.0/24, "fd00:9::/64"]
-acls:
-  - action: accept
-    src: [tag:web]
-    dst: [tag:db-server:5432]
-    proto: tcp
-  - action: accept
-    src: [tag:web]
-    dst: [tag:db-server:5353]
-    proto: udp
-  - action: accept
-    src: [group:admins]
-    dst: [tag:db-server:22]
-    proto: tcp
-  - action: accept
-    src: [tag:staff]
-    dst: [tag:web:80]
-  - action: accept
-    src: [alice]
-    dst: ["[fd00:10::2]:8443"]
-    proto: tcp
-"#;
 
 const SHORT: Duration = Duration::from_millis(800);
 const LONG: Duration = Duration::from_secs(3);
@@ -67,7 +34,7 @@ fn ip(s: &str) -> IpAddr {
 fn tcp_follows_the_policy_in_one_direction_only() {
     let lab = Lab::standard();
     let (web, db, laptop) = (lab.host("web"), lab.host("db"), lab.host("laptop"));
-    let _agent = Agent::start(&lab.gw, POLICY, &lab.gw_ifaces(), &[]);
+    let _agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
     let _s1 = tcp_echo_server(&db.ns, sa(db.ip4(), 5432));
     let _s2 = tcp_echo_server(&db.ns, sa(db.ip4(), 22));
     let _s3 = tcp_echo_server(&web.ns, sa(web.ip4(), 5432));
@@ -108,7 +75,7 @@ fn tcp_follows_the_policy_in_one_direction_only() {
 fn udp_and_icmp_echo_follow_the_policy_and_replies_pass() {
     let lab = Lab::standard();
     let (web, db, laptop) = (lab.host("web"), lab.host("db"), lab.host("laptop"));
-    let _agent = Agent::start(&lab.gw, POLICY, &lab.gw_ifaces(), &[]);
+    let _agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
     let _u = udp_echo_server(&db.ns, sa(db.ip4(), 5353));
     assert!(
         udp_exchange(&web.ns, None, sa(db.ip4(), 5353), LONG),
@@ -132,7 +99,7 @@ fn udp_and_icmp_echo_follow_the_policy_and_replies_pass() {
 fn ipv6_is_enforced() {
     let lab = Lab::standard();
     let (web, db, laptop) = (lab.host("web"), lab.host("db"), lab.host("laptop"));
-    let _agent = Agent::start(&lab.gw, POLICY, &lab.gw_ifaces(), &[]);
+    let _agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
     let _s1 = tcp_echo_server(&web.ns, sa(web.ip6(), 8443));
     let _s2 = tcp_echo_server(&db.ns, sa(db.ip6(), 5432));
     assert_eq!(
@@ -157,7 +124,7 @@ fn ipv6_is_enforced() {
 fn exactly_n_denied_packets_are_counted_for_their_segments() {
     let lab = Lab::standard();
     let (db, laptop) = (lab.host("db"), lab.host("laptop"));
-    let agent = Agent::start(&lab.gw, POLICY, &lab.gw_ifaces(), &[]);
+    let agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
     let before: Vec<u64> = ["tag:staff", "alice", "tag:db-server", "db"]
         .iter()
         .map(|s| agent.segment(s)["dropped_packets"].as_u64().unwrap())
@@ -213,7 +180,7 @@ fn exactly_n_denied_packets_are_counted_for_their_segments() {
 fn vlan_and_qinq_tagged_traffic_is_enforced() {
     let lab = Lab::standard();
     let (web, db) = (lab.host("web"), lab.host("db"));
-    let _agent = Agent::start(&lab.gw, POLICY, &lab.gw_ifaces(), &[]);
+    let _agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
     let _s1 = tcp_echo_server(&db.ns, sa(db.ip4(), 5432));
     let _s2 = tcp_echo_server(&db.ns, sa(db.ip4(), 22));
     let _s3 = tcp_echo_server(&db.ns, sa(db.ip6(), 5432));
