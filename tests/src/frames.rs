@@ -176,7 +176,7 @@ impl Packet {
             panic!("not IPv4")
         };
         let mut opts = self.ipv4_options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let hlen = 20 + opts.len();
@@ -216,7 +216,7 @@ impl Packet {
             let next = chain.get(i + 1).map(|(t, _)| *t).unwrap_or(upper);
             let mut body = body.clone();
             // Header is 2 bytes + body, a multiple of 8 bytes in total.
-            while (body.len() + 2) % 8 != 0 {
+            while !(body.len() + 2).is_multiple_of(8) {
                 body.push(0);
             }
             let len_units = ((body.len() + 2) / 8 - 1) as u8;

@@ -174,10 +174,11 @@ pub fn udp_exchange(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: D
         let mut buf = [0u8; 64];
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                if from == dst && &buf[..n] == payload {
-                    return true;
-                }
+            if let Ok((n, from)) = sock.recv_from(&mut buf)
+                && from == dst
+                && &buf[..n] == payload
+            {
+                return true;
             }
         }
         false

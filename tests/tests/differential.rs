@@ -134,9 +134,9 @@ fn random_policy(r: &mut Rng) -> String {
         y.push_str("users:\n");
         for u in 0..n_users {
             y.push_str(&format!(
-                "  u{u}: [{}, {}]\n",
+                "  u{u}: [{}, \"{}\"]\n",
                 v4(r.below(40) as u32),
-                format!("\"{}\"", v6(r.below(40) as u128))
+                v6(r.below(40) as u128)
             ));
             selectors.push(format!("u{u}"));
         }
@@ -231,14 +231,11 @@ fn words(a: IpAddr) -> [u32; 4] {
     }
 }
 
+/// Both endpoints (address words, port), smaller first, and the protocol.
+type FlowKey = (([u32; 4], u16), ([u32; 4], u16), u8);
+
 /// Canonical flow key (same order as the datapath) and whether src is `a`.
-fn flow(
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-    proto: u8,
-) -> ((([u32; 4], u16), ([u32; 4], u16), u8), bool) {
+fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> (FlowKey, bool) {
     let s = (words(src), sport);
     let d = (words(dst), dport);
     if s <= d {
@@ -258,7 +255,7 @@ struct Ct {
 
 #[derive(Default)]
 struct Model {
-    ct: HashMap<(([u32; 4], u16), ([u32; 4], u16), u8), Ct>,
+    ct: HashMap<FlowKey, Ct>,
     frags: HashMap<(IpAddr, IpAddr, u32, u8), ()>,
 }
 
@@ -602,7 +599,8 @@ fn random_frame(r: &mut Rng, flows: &mut Vec<Flow>) -> (Vec<u8>, Case) {
             },
         };
         let inner = Packet::new(f.src, f.dst, inner_l4).ip();
-        p.payload = inner[..inner.len().min(if six { 48 } else { 28 + 20 })].to_vec();
+        // An ICMP error quotes the IP header and 8 bytes of what follows.
+        p.payload = inner[..inner.len().min(if six { 48 } else { 28 })].to_vec();
         case.quoted = Some((f.src, f.sport, f.dst, f.dport, proto));
     }
     if !six && r.chance(10) {

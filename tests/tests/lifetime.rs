@@ -61,7 +61,7 @@ fn enforcement_survives_kill_9_and_is_adopted_then_detached() {
     let (web, db) = (lab.host("web"), lab.host("db"));
     let _s1 = tcp_echo_server(&db.ns, sa(db.ip4(), 5432));
     let _s2 = tcp_echo_server(&db.ns, sa(db.ip4(), 22));
-    let mut agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
+    let agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
     let ids_first = xdp_prog_ids(&lab.gw, &db.gw_iface);
     assert_eq!(ids_first.len(), 1, "one XDP program on {}", db.gw_iface);
     let mut stream = open_stream(&web.ns, sa(db.ip4(), 5432));

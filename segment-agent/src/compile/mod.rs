@@ -561,7 +561,11 @@ pub fn compile_with(
     })
 }
 
-type PortSetClasses = HashMap<(usize, usize), Vec<u16>>;
+/// A destination's port set, named by (rule index, destination index).
+type PortSetId = (usize, usize);
+type PortSetClasses = HashMap<PortSetId, Vec<u16>>;
+/// Port sets starting at a port, and port sets ending just before it.
+type Boundary = (Vec<PortSetId>, Vec<PortSetId>);
 
 /// Port classes per protocol block, and for every (rule, destination) with
 /// explicit ports, the classes its ports cover.
@@ -571,8 +575,8 @@ fn port_classes(
     let mut tables: [PortClassTable; 3] = Default::default();
     let mut sets: [PortSetClasses; 3] = Default::default();
     for (block, &proto) in PORT_PROTOS.iter().enumerate() {
-        // Boundary events: at `lo` a set starts, after `hi` it ends.
-        let mut events: BTreeMap<u32, (Vec<(usize, usize)>, Vec<(usize, usize)>)> = BTreeMap::new();
+        // Boundary events: at `lo` port sets start, after `hi` they end.
+        let mut events: BTreeMap<u32, Boundary> = BTreeMap::new();
         for (ri, rule) in policy.rules.iter().enumerate() {
             if !rule.protos.contains(&proto) {
                 continue;

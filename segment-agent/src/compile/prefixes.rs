@@ -113,7 +113,7 @@ pub struct Region<'a, V> {
 impl<V> PrefixTable<V> {
     /// `entries` need not be sorted; duplicates keep the last value.
     pub fn new(mut entries: Vec<(Prefix, V)>) -> Self {
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by_key(|e| e.0);
         entries.dedup_by(|later, earlier| {
             if later.0 == earlier.0 {
                 std::mem::swap(later, earlier);

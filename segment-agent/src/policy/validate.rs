@@ -92,6 +92,10 @@ pub fn validate(source: &Arc<Source>, raw: RawPolicy) -> Result<Policy, Vec<Diag
     })
 }
 
+/// A tag's or group's direct members: addresses, and references to other
+/// segments (with where they were written).
+type Members = (Vec<IpNet>, Vec<(SegmentId, Option<Pos>)>);
+
 struct Validator {
     source: Arc<Source>,
     diags: Vec<Diagnostic>,
@@ -269,8 +273,7 @@ impl Validator {
     /// refusing cycles.
     fn resolve_sets(&mut self, raw: &RawPolicy) {
         // Direct members first: addresses and references.
-        let mut members: HashMap<SegmentId, (Vec<IpNet>, Vec<(SegmentId, Option<Pos>)>)> =
-            HashMap::new();
+        let mut members: HashMap<SegmentId, Members> = HashMap::new();
         for (kind, entries) in [
             (SegmentKind::Tag, &raw.tags),
             (SegmentKind::Group, &raw.groups),
@@ -327,7 +330,7 @@ impl Validator {
     fn closure(
         &mut self,
         id: SegmentId,
-        members: &HashMap<SegmentId, (Vec<IpNet>, Vec<(SegmentId, Option<Pos>)>)>,
+        members: &HashMap<SegmentId, Members>,
         done: &mut HashMap<SegmentId, Vec<IpNet>>,
         stack: &mut Vec<SegmentId>,
     ) -> Vec<IpNet> {
@@ -859,7 +862,7 @@ fn merge_ports(a: &PortSet, b: &PortSet) -> PortSet {
 
 /// Sorts prefixes, drops duplicates and prefixes inside another one.
 pub fn normalize(mut nets: Vec<IpNet>) -> Vec<IpNet> {
-    nets.sort_by(|a, b| (a.network(), a.prefix_len()).cmp(&(b.network(), b.prefix_len())));
+    nets.sort_by_key(|n| (n.network(), n.prefix_len()));
     let mut out: Vec<IpNet> = Vec::with_capacity(nets.len());
     for n in nets {
         if out.last().is_some_and(|last: &IpNet| last.contains(&n)) {
