@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod control;
 pub mod datapath;
 pub mod eval;
 pub mod policy;

@@ -8,10 +8,11 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use segment_common::{
-    CT_F_FIN_A, CT_F_FIN_B, CT_F_INITIATOR_A, CT_F_REPLIED, CT_F_RST, CT_REFRESH_NS,
-    CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_ESTABLISHED_NS,
+    CT_F_AUDIT, CT_F_EGRESS, CT_F_FIN_A, CT_F_FIN_B, CT_F_INITIATOR_A, CT_F_REPLIED, CT_F_RST,
+    CT_REFRESH_NS, CT_TIMEOUT_OTHER_NS, CT_TIMEOUT_TCP_CLOSING_NS, CT_TIMEOUT_TCP_ESTABLISHED_NS,
     CT_TIMEOUT_TCP_SYN_NS, CT_TIMEOUT_UDP_NS, CT_TIMEOUT_UDP_REPLIED_NS, CtKey, CtValue,
-    FRAG_TIMEOUT_NS, FragKey, FragValue, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    FRAG_TIMEOUT_NS, FragKey, FragValue, HOOK_EGRESS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 
 use crate::{
@@ -113,6 +114,11 @@ pub struct Tracked {
     /// Counter identities oriented as the packet travels.
     pub src_id: u32,
     pub dst_id: u32,
+    /// The flow was let through by audit mode, this packet comes from its
+    /// initiator and this is the hook that judged the flow: the policy would
+    /// drop it here, so it counts as would-drop. (A routed packet also meets
+    /// the other hook; counting it there again would count it twice.)
+    pub audited: bool,
 }
 
 /// Looks the packet's flow up and, if the packet belongs to it, updates the
@@ -120,7 +126,7 @@ pub struct Tracked {
 /// no flow, an expired flow, or a packet that could not be part of the flow
 /// (a SYN from the responder, a new SYN on a closed connection).
 #[inline(always)]
-pub fn track(pkt: &Packet, now: u64) -> Option<Tracked> {
+pub fn track(pkt: &Packet, now: u64, hook: u32) -> Option<Tracked> {
     let (key, from_a) = flow_key(
         pkt.family, pkt.proto, &pkt.src, pkt.sport, &pkt.dst, pkt.dport,
     );
@@ -172,7 +178,13 @@ pub fn track(pkt: &Packet, now: u64) -> Option<Tracked> {
     } else {
         (ct.dst_id, ct.src_id)
     };
-    Some(Tracked { src_id, dst_id })
+    Some(Tracked {
+        src_id,
+        dst_id,
+        audited: from_initiator
+            && flags & CT_F_AUDIT != 0
+            && (flags & CT_F_EGRESS != 0) == (hook == HOOK_EGRESS),
+    })
 }
 
 /// Whether the flow an ICMP error quotes is tracked. The quoted packet went

@@ -9,7 +9,10 @@
 //!    destination class, protocol, port). Hooks that do not enforce (egress by
 //!    default) pass everything here and only track openers.
 //! 7. Denied packets to a destination in audit mode (or under the `audit-all`
-//!    override) pass as would-drop; all others are dropped.
+//!    override) pass as would-drop; all others are dropped. Such a packet
+//!    opens a flow marked audit, so that replies pass; every later packet
+//!    from the flow's initiator still counts as would-drop (the policy
+//!    would drop each of them), replies count as allowed.
 
 use aya_ebpf::EbpfContext;
 use segment_common::{
@@ -114,19 +117,18 @@ fn judge_ip<C: EbpfContext>(ctx: &C, pkt: &Packet, hook: u32, len: u64) -> bool 
         return finish(ctx, reason, Some(pair), hook, len);
     }
 
-    if let Some(flow) = track(pkt, now) {
-        remember_first_fragment(
-            pkt,
-            now,
-            Reason::PassConntrack as u32,
-            flow.src_id,
-            flow.dst_id,
-        );
+    if let Some(flow) = track(pkt, now, hook) {
+        let reason = if flow.audited {
+            Reason::PassAudit
+        } else {
+            Reason::PassConntrack
+        };
+        remember_first_fragment(pkt, now, reason as u32, flow.src_id, flow.dst_id);
         let pair = Pair {
             src_id: flow.src_id,
             dst_id: flow.dst_id,
         };
-        return finish(ctx, Reason::PassConntrack, Some(pair), hook, len);
+        return finish(ctx, reason, Some(pair), hook, len);
     }
 
     let src = identity(slot, pkt.family, &pkt.src, slot_cfg.world_flags);

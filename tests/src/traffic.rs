@@ -333,3 +333,213 @@ impl RawLink {
         out
     }
 }
+
+/// What a [`Stream`] saw.
+#[derive(Debug)]
+pub struct StreamReport {
+    /// Request/response exchanges completed.
+    pub exchanges: u64,
+    /// Longest time between two completed exchanges.
+    pub max_gap: Duration,
+    /// The first error (reset, short read, timeout), if any.
+    pub error: Option<String>,
+    /// TCP retransmissions of the client socket (from TCP_INFO).
+    pub retransmits: u32,
+}
+
+/// A TCP connection exchanging small messages without pause, to see
+/// whether anything (a reload, a restart) disturbs it.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<StreamReport>>,
+}
+
+impl Stream {
+    pub fn start(ns: &Netns, dst: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = ns.spawn(move || {
+            let mut report = StreamReport {
+                exchanges: 0,
+                max_gap: Duration::ZERO,
+                error: None,
+                retransmits: 0,
+            };
+            let mut s = match std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(3)) {
+                Ok(s) => s,
+                Err(e) => {
+                    report.error = Some(format!("connect: {e}"));
+                    let _ = ready_tx.send(());
+                    return report;
+                }
+            };
+            s.set_nodelay(true).ok();
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            let _ = ready_tx.send(());
+            let msg = [0x42u8; 512];
+            let mut back = [0u8; 512];
+            let mut last = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                if let Err(e) = s.write_all(&msg).and_then(|_| s.read_exact(&mut back)) {
+                    report.error = Some(format!("after {} exchanges: {e}", report.exchanges));
+                    break;
+                }
+                if back != msg {
+                    report.error = Some("payload changed".into());
+                    break;
+                }
+                report.exchanges += 1;
+                let now = Instant::now();
+                report.max_gap = report.max_gap.max(now - last);
+                last = now;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            report.retransmits = tcp_retransmits(&s);
+            report
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("stream did not start");
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn stop(mut self) -> StreamReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("stream thread")
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn tcp_retransmits(s: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: getsockopt(TCP_INFO) fills at most `len` bytes of the zeroed
+    // struct we pass.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        if rc == 0 {
+            info.tcpi_total_retrans
+        } else {
+            u32::MAX
+        }
+    }
+}
+
+/// Tries, again and again, to open a connection the policy denies; counts
+/// the attempts that got through.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(u64, u64)>>,
+}
+
+impl Probe {
+    pub fn start(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = ns.spawn(move || {
+            let (mut attempts, mut through) = (0u64, 0u64);
+            while !flag.load(Ordering::Relaxed) {
+                let s = bound_socket(src, dst, Type::STREAM, Protocol::TCP);
+                attempts += 1;
+                match s.connect_timeout(&SockAddr::from(dst), Duration::from_millis(150)) {
+                    Ok(()) => through += 1,
+                    // A refusal means the SYN reached the other side.
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => through += 1,
+                    Err(_) => {}
+                }
+            }
+            (attempts, through)
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// (attempts, attempts that got through).
+    pub fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("probe thread")
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A UDP sink that counts the datagrams it receives.
+pub struct UdpSink {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<u64>>,
+}
+
+impl UdpSink {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = ns.spawn(move || {
+            let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            sock.set_read_timeout(Some(Duration::from_millis(50))).ok();
+            ready_tx.send(()).expect("ready");
+            let mut n = 0;
+            let mut buf = [0u8; 2048];
+            while !flag.load(Ordering::Relaxed) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("sink did not start");
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Datagrams received (waits a moment for stragglers).
+    pub fn stop(mut self) -> u64 {
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .expect("running")
+            .join()
+            .expect("sink thread")
+    }
+}

@@ -8,6 +8,8 @@
 //!   the kernel refused a program, ...).
 
 mod check;
+mod control_cmds;
+pub mod daemon;
 mod detach;
 pub mod explain;
 mod output;
@@ -98,6 +100,22 @@ pub enum Command {
     ///
     /// Reads the pinned maps: works whether or not `run` is alive.
     Stats(stats::StatsArgs),
+    /// Ask the running agent to re-read its policy file now.
+    ///
+    /// Exit 0 when the new policy is in force, 1 when it was rejected (the
+    /// running policy stays; the reason is printed).
+    Reload(control_cmds::DirOnly),
+    /// Apply a policy to the running agent, optionally as a candidate that
+    /// rolls back by itself unless confirmed (like `commit confirmed`).
+    ///
+    /// Without --confirm-within, the policy is committed: written over the
+    /// agent's policy file. With it, the agent rolls back to its policy file
+    /// unless `segment-agent confirm` is run in time.
+    Apply(control_cmds::ApplyArgs),
+    /// Keep the candidate applied with `apply --confirm-within`.
+    Confirm(control_cmds::DirOnly),
+    /// What the running agent enforces (generation, pending candidate).
+    Status(control_cmds::StatusArgs),
     /// Remove segment: programs, links, maps and state (or only the named
     /// interfaces' links).
     Detach(detach::DetachArgs),
@@ -142,6 +160,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Run(args) => run::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Detach(args) => detach::run(args),
+        Command::Reload(args) => control_cmds::reload(args),
+        Command::Apply(args) => control_cmds::apply(args),
+        Command::Confirm(args) => control_cmds::confirm(args),
+        Command::Status(args) => control_cmds::status(args),
         Command::Example => {
             print!("{}", crate::policy::EXAMPLE_POLICY);
             Ok(Outcome::Success)

@@ -5,24 +5,25 @@
 //! nothing touched); load the programs, adopting pinned maps; write the
 //! policy to the inactive slot and switch to it; only then attach — or, if
 //! an earlier agent left pinned links, swap our programs into them
-//! atomically. Stopping the process leaves everything in place.
+//! atomically. Stopping the process leaves everything in place. What
+//! happens after that is in `daemon`.
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    time::Instant,
 };
 
 use anyhow::{Context, Result, anyhow, bail};
 use log::{error, info, warn};
 
-use super::Outcome;
+use super::{Outcome, daemon::Daemon};
 use crate::{
     datapath::{
         Enforcer, Paths,
         loader::{self, XdpModeArg},
         state::Interface,
     },
-    policy::{self, Policy},
+    policy,
 };
 
 #[derive(Debug, clap::Args)]
@@ -102,14 +103,9 @@ fn ifindex(name: &str) -> Result<u32> {
     Ok(i)
 }
 
-/// Loads, checks and compiles the policy file; prints errors.
-fn read_policy(path: &Path) -> std::result::Result<Policy, policy::PolicyError> {
-    policy::load(path)
-}
-
 pub fn run(args: RunArgs) -> Result<Outcome> {
     let paths = args.dirs.paths();
-    let policy = match read_policy(&args.policy) {
+    let policy = match policy::load(&args.policy) {
         Ok(p) => p,
         Err(e) => {
             eprint!("{e}");
@@ -226,108 +222,19 @@ pub fn run(args: RunArgs) -> Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(&args.policy, &mut enforcer, logger.ok()))?;
+    let mut logger = logger.ok();
+    let mut daemon = Daemon::new(&args.policy, &mut enforcer);
+    runtime.block_on(daemon.serve(|| {
+        if let Some(l) = logger.as_mut() {
+            l.flush();
+        }
+    }))?;
+    drop(daemon);
     info!(
         "agent stopped; enforcement of generation {} stays in place",
         enforcer.state.generation
     );
     Ok(Outcome::Success)
-}
-
-/// Signals, the watched policy file, and datapath logs, until SIGINT/SIGTERM.
-async fn serve(
-    policy_path: &Path,
-    enforcer: &mut Enforcer,
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut seen = file_stamp(policy_path);
-    let mut logger = logger;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading {}", policy_path.display());
-                reload(policy_path, enforcer);
-                seen = file_stamp(policy_path);
-            }
-            _ = tick.tick() => {
-                if let Some(l) = logger.as_mut() {
-                    l.flush();
-                }
-                let now = file_stamp(policy_path);
-                if now != seen {
-                    seen = now;
-                    info!("{} changed: reloading", policy_path.display());
-                    reload(policy_path, enforcer);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Size, modification time and inode: changes when the file is saved, also
-/// by editors that write a new file and rename it over the old one.
-fn file_stamp(path: &Path) -> Option<(u64, SystemTime, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?, m.ino()))
-}
-
-/// Validates, compiles and applies the file; on any failure the running
-/// policy stays in force and the reason is logged.
-pub fn reload(path: &Path, enforcer: &mut Enforcer) -> bool {
-    let started = Instant::now();
-    let policy = match read_policy(path) {
-        Ok(p) => p,
-        Err(e) => {
-            error!(
-                "reload rejected, generation {} stays in force: {}",
-                enforcer.state.generation,
-                e.summary()
-            );
-            for line in e.to_string().lines() {
-                error!("  {line}");
-            }
-            return false;
-        }
-    };
-    let (compiled, ids) = match enforcer.compile(&policy) {
-        Ok(c) => c,
-        Err(e) => {
-            error!(
-                "reload rejected, generation {} stays in force: {e}",
-                enforcer.state.generation
-            );
-            return false;
-        }
-    };
-    match enforcer.apply(&policy, compiled, ids, started.elapsed()) {
-        Ok(r) => {
-            info!(
-                "reloaded {} as generation {} in {:?} ({} entries written, {} removed)",
-                path.display(),
-                r.generation,
-                started.elapsed(),
-                r.entries_written,
-                r.entries_removed
-            );
-            true
-        }
-        Err(e) => {
-            error!(
-                "reload failed, generation {} stays in force: {e:#}",
-                enforcer.state.generation
-            );
-            false
-        }
-    }
 }
 
 /// The eBPF log level matching the agent's own (`RUST_LOG`), so disabled

@@ -276,15 +276,42 @@ pub fn compile(policy: &Policy) -> Result<Compiled, CompileError> {
 /// An atom: a segment, or a literal address used in some rule.
 type Atom = u32;
 
+/// How much the datapath's maps hold. A policy that needs more is refused
+/// by the compiler, before anything reaches the kernel.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub rules: usize,
+    pub rule_entries: usize,
+    pub prefixes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            rules: MAX_RULES as usize,
+            rule_entries: MAX_RULE_ENTRIES as usize,
+            prefixes: MAX_PREFIXES as usize,
+        }
+    }
+}
+
 pub fn compile_with(
     policy: &Policy,
     ids: &mut IdentityAllocator,
 ) -> Result<Compiled, CompileError> {
-    if policy.rules.len() > MAX_RULES as usize {
+    compile_with_limits(policy, ids, &Limits::default())
+}
+
+pub fn compile_with_limits(
+    policy: &Policy,
+    ids: &mut IdentityAllocator,
+    limits: &Limits,
+) -> Result<Compiled, CompileError> {
+    if policy.rules.len() > limits.rules {
         return Err(CompileError::TooLarge {
             table: "rules",
             needed: policy.rules.len() as u64,
-            capacity: u64::from(MAX_RULES),
+            capacity: limits.rules as u64,
         });
     }
     let n_seg = policy.segments.len() as u32;
@@ -325,11 +352,11 @@ pub fn compile_with(
     for (net, atom) in &nets {
         own.entry(Prefix::from_net(net)).or_default().push(*atom);
     }
-    if own.len() > MAX_PREFIXES as usize {
+    if own.len() > limits.prefixes {
         return Err(CompileError::TooLarge {
             table: "address prefixes",
             needed: own.len() as u64,
-            capacity: u64::from(MAX_PREFIXES),
+            capacity: limits.prefixes as u64,
         });
     }
 
@@ -508,11 +535,11 @@ pub fn compile_with(
                                 .or_insert(value);
                         }
                     }
-                    if rules.len() > MAX_RULE_ENTRIES as usize {
+                    if rules.len() > limits.rule_entries {
                         return Err(CompileError::TooLarge {
                             table: "rule entries",
                             needed: rules.len() as u64,
-                            capacity: u64::from(MAX_RULE_ENTRIES),
+                            capacity: limits.rule_entries as u64,
                         });
                     }
                 }

@@ -306,6 +306,60 @@ fn identities_are_stable_across_recompiles() {
 }
 
 #[test]
+fn every_table_has_a_capacity_and_the_error_gives_the_sizes() {
+    let (p, _) = compiled(
+        "tags:\n  a: [10.0.0.0/24, 10.1.0.0/24]\n  b: [10.2.0.0/24]\nacls:\n  - action: accept\n    src: [tag:a, tag:b]\n    dst: [tag:a:22, tag:b:22,80]\n",
+    );
+    let small = |rules, rule_entries, prefixes| Limits {
+        rules,
+        rule_entries,
+        prefixes,
+    };
+    let err = compile_with_limits(&p, &mut IdentityAllocator::default(), &small(100, 100, 2))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        CompileError::TooLarge {
+            table: "address prefixes",
+            needed: 3,
+            capacity: 2
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("needs 3 address prefixes, more than the datapath holds (2)"),
+        "{err}"
+    );
+    let err = compile_with_limits(&p, &mut IdentityAllocator::default(), &small(100, 3, 100))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CompileError::TooLarge {
+                table: "rule entries",
+                capacity: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = compile_with_limits(&p, &mut IdentityAllocator::default(), &small(0, 100, 100))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CompileError::TooLarge {
+                table: "rules",
+                needed: 1,
+                capacity: 0
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(compile_with_limits(&p, &mut IdentityAllocator::default(), &small(1, 100, 3)).is_ok());
+}
+
+#[test]
 fn too_large_policies_are_refused_with_sizes() {
     // 600 × 600 single-address tags, each pair its own rule entry via `*` on
     // 20 port classes: far beyond nothing, but check the error path with a

@@ -3,6 +3,7 @@
 //! is made by the pure modules ([`crate::compile`]).
 
 pub mod counters;
+pub mod flush;
 pub mod loader;
 pub mod paths;
 pub mod state;
@@ -35,10 +36,15 @@ pub struct ApplyReport {
     pub generation: u64,
     pub slot: u32,
     pub compile_time: Duration,
+    /// From the start of the write to the switch (what a reload costs
+    /// before the new policy is in force).
     pub write_time: Duration,
     pub entries_written: usize,
     pub entries_removed: usize,
     pub sizes: compile::Sizes,
+    /// Tracked flows the new policy no longer admits, removed.
+    pub flows_flushed: usize,
+    pub flows_scanned: usize,
 }
 
 impl Enforcer {
@@ -121,16 +127,26 @@ impl Enforcer {
         std::fs::write(self.paths.slot_policy(slot), &policy.source.text)
             .with_context(|| format!("saving {}", self.paths.slot_policy(slot).display()))?;
         self.maps.activate(slot)?;
+        let switched = started.elapsed();
         self.state = state;
         self.contents[slot as usize] = Some(new);
+        let flushed = match flush::flush(&self.paths, &compiled, &config) {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("could not flush connections the new policy forbids: {e:#}");
+                flush::FlushStats::default()
+            }
+        };
         Ok(ApplyReport {
             generation,
             slot,
             compile_time,
-            write_time: started.elapsed(),
+            write_time: switched,
             entries_written: written.written,
             entries_removed: written.removed,
             sizes: compiled.sizes.clone(),
+            flows_flushed: flushed.removed,
+            flows_scanned: flushed.scanned,
         })
     }
 
