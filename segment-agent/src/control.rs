@@ -31,6 +31,9 @@ pub enum Request {
     },
     /// Commit the pending candidate.
     Confirm,
+    /// Report every new flow for `seconds`, then answer with what was seen
+    /// (also added to `observed.json` in the state directory).
+    Observe { seconds: f64 },
     /// Recent flow log records after sequence number `after`.
     Flows {
         #[serde(default)]

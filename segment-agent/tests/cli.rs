@@ -171,3 +171,41 @@ fn example_prints_the_built_in_policy() {
     let (code, _, _) = run(&["test", p.to_str().unwrap()]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn diff_lists_newly_allowed_and_newly_denied() {
+    let defs = "tags:\n  web: [10.0.0.0/24]\n  db: [10.0.1.0/24]\nusers:\n  alice: [10.0.9.5]\n";
+    let old = temp_policy(
+        "old.yaml",
+        &format!(
+            "{defs}acls:\n  - action: accept\n    src: [tag:web]\n    dst: [tag:db:5432]\n    proto: tcp\n  - action: accept\n    src: [alice]\n    dst: [tag:db:22]\n    proto: tcp\n"
+        ),
+    );
+    let new = temp_policy(
+        "new.yaml",
+        &format!(
+            "{defs}acls:\n  - action: accept\n    src: [tag:web]\n    dst: [tag:db:5432,5433]\n    proto: tcp\n"
+        ),
+    );
+    let (code, out, err) = run(&["diff", old.to_str().unwrap(), new.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "+ allow tag:web → tag:db  tcp port 5433",
+            "- deny  alice → tag:db  tcp port 22"
+        ],
+        "{out}"
+    );
+    let (_, out, _) = run(&[
+        "diff",
+        old.to_str().unwrap(),
+        new.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["newly_allowed"], 1);
+    assert_eq!(v["newly_denied"], 1);
+    let (_, out, _) = run(&["diff", old.to_str().unwrap(), old.to_str().unwrap()]);
+    assert!(out.starts_with("no change"), "{out}");
+}

@@ -128,6 +128,83 @@ pub struct GlobalConfig {
     /// Set once a policy has been written; until then the datapath passes
     /// everything (there is nothing to enforce yet).
     pub initialized: u32,
+    /// `FLOW_LOG_*`: what the flow log reports.
+    pub flow_log: u32,
+}
+
+/// The flow log reports drops, would-drops and failsafe passes.
+pub const FLOW_LOG_DENIED: u32 = 0;
+/// ... and every new flow (what `observe` uses to take inventory).
+pub const FLOW_LOG_ALL_NEW: u32 = 1;
+
+/// One flow log record (`SEG_EVENTS_V1` ring buffer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub src_id: u32,
+    pub dst_id: u32,
+    /// Rule index, `CT_RULE_NONE` when no rule was involved.
+    pub rule: u32,
+    /// Packet length.
+    pub len: u32,
+    pub ifindex: u32,
+    /// Ports in host order (for ICMP echo: identifiers, as in `CtKey`).
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// 4, 6, or 0 when the headers could not be read.
+    pub family: u8,
+    /// `Reason` code.
+    pub reason: u8,
+    pub hook: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    /// `GENERATION` of the policy that judged the packet, low 16 bits.
+    pub generation: u16,
+}
+
+/// Flow log records per second and CPU, and the burst allowed. Beyond
+/// that, records are counted as suppressed instead of written: a flood
+/// cannot make the datapath spend its time logging.
+pub const FLOW_LOG_RATE: u64 = 2_000;
+pub const FLOW_LOG_BURST: u64 = 2_000;
+/// Bytes of the flow log ring buffer.
+pub const FLOW_LOG_BYTES: u32 = 1 << 20;
+
+/// Per-CPU token bucket of the flow log rate limit (`SEG_RATE_V1`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+/// `SEG_LOGSTAT_V1` slots (per CPU): records written, records suppressed.
+pub const LOGSTAT_WRITTEN: u32 = 0;
+pub const LOGSTAT_SUPPRESSED: u32 = 1;
+
+/// XDP metadata (4 bytes, native endian) that makes a run *dry*: `explain
+/// --live` runs the loaded program on a synthetic packet with it. Real
+/// packets arrive without metadata.
+pub const DRY_RUN_MAGIC: u32 = 0x5345_4744;
+
+/// What a dry run (BPF_PROG_TEST_RUN of the XDP program with
+/// [`DRY_RUN_MAGIC`] as metadata, as `explain --live` does) decided. Nothing else is written
+/// in a dry run: no conntrack, no counters, no flow log.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExplainRecord {
+    /// `bpf_ktime_get_ns` of the run, to find the newest record among CPUs.
+    pub ts_ns: u64,
+    pub reason: u32,
+    pub rule: u32,
+    pub src_id: u32,
+    pub dst_id: u32,
+    pub slot: u32,
     pub _pad: u32,
 }
 
@@ -403,6 +480,9 @@ assert_size!(Identity, 16);
 assert_size!(RuleKey, 12);
 assert_size!(RuleValue, 8);
 assert_size!(GlobalConfig, 16);
+assert_size!(FlowEvent, 72);
+assert_size!(TokenBucket, 16);
+assert_size!(ExplainRecord, 32);
 assert_size!(SlotConfig, 24);
 assert_size!(TrafficCounters, 48);
 assert_size!(PairKey, 8);
@@ -431,4 +511,7 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for ExplainRecord {}
 }

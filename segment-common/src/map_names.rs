@@ -27,8 +27,17 @@ pub const PAIRS: &str = "SEG_PAIRS_V1";
 /// `PerCpuArray<ReasonCounters>` of `REASON_COUNT * 2`.
 pub const REASONS: &str = "SEG_REASON_V1";
 
+/// `RingBuf` of `FlowEvent`s.
+pub const EVENTS: &str = "SEG_EVENTS_V1";
+/// `PerCpuArray<TokenBucket>`, one entry: the flow log rate limit.
+pub const RATE: &str = "SEG_RATE_V1";
+/// `PerCpuArray<u64>` of 2: flow log records written / suppressed.
+pub const LOGSTAT: &str = "SEG_LOGSTAT_V1";
+/// `PerCpuArray<ExplainRecord>`, one entry: the last dry run's decision.
+pub const EXPLAIN: &str = "SEG_EXPLAIN_V1";
+
 /// Every map, for pinning, adoption and removal.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 20] = [
     CONFIG,
     SLOT_CONFIG,
     IDENTITY_V4[0],
@@ -45,6 +54,10 @@ pub const ALL: [&str; 16] = [
     FRAGMENTS,
     PAIRS,
     REASONS,
+    EVENTS,
+    RATE,
+    LOGSTAT,
+    EXPLAIN,
 ];
 
 /// Program names as they appear in the object and under the pin directory.

@@ -126,7 +126,7 @@ pub struct Tracked {
 /// no flow, an expired flow, or a packet that could not be part of the flow
 /// (a SYN from the responder, a new SYN on a closed connection).
 #[inline(always)]
-pub fn track(pkt: &Packet, now: u64, hook: u32) -> Option<Tracked> {
+pub fn track(pkt: &Packet, now: u64, hook: u32, dry: bool) -> Option<Tracked> {
     let (key, from_a) = flow_key(
         pkt.family, pkt.proto, &pkt.src, pkt.sport, &pkt.dst, pkt.dport,
     );
@@ -136,7 +136,9 @@ pub fn track(pkt: &Packet, now: u64, hook: u32) -> Option<Tracked> {
     let ct = unsafe { &mut *ct };
     let flags = ct.flags;
     if now.wrapping_sub(ct.last_seen_ns) > timeout_ns(pkt.proto, flags) {
-        let _ = CONNTRACK.remove(&key);
+        if !dry {
+            let _ = CONNTRACK.remove(&key);
+        }
         return None;
     }
     let initiator_is_a = flags & CT_F_INITIATOR_A != 0;
@@ -167,7 +169,9 @@ pub fn track(pkt: &Packet, now: u64, hook: u32) -> Option<Tracked> {
     if !from_initiator {
         new_flags |= CT_F_REPLIED;
     }
-    if new_flags != flags {
+    if dry {
+        // A dry run only looks.
+    } else if new_flags != flags {
         ct.flags = new_flags;
         ct.last_seen_ns = now;
     } else if now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {

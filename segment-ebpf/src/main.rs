@@ -9,6 +9,8 @@ mod account;
 #[cfg(target_arch = "bpf")]
 mod conntrack;
 #[cfg(target_arch = "bpf")]
+mod flowlog;
+#[cfg(target_arch = "bpf")]
 mod judge;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -24,7 +26,7 @@ mod programs {
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
-    use segment_common::{HOOK_EGRESS, HOOK_INGRESS};
+    use segment_common::{DRY_RUN_MAGIC, HOOK_EGRESS, HOOK_INGRESS};
 
     use crate::judge::judge;
 
@@ -32,11 +34,33 @@ mod programs {
     /// for tags, IPv6 with extension headers, and a transport header.
     const EGRESS_PULL: u32 = 256;
 
+    /// Metadata carrying `DRY_RUN_MAGIC` marks a synthetic packet from
+    /// `explain --live`.
+    #[inline(always)]
+    fn is_dry_run(ctx: &XdpContext) -> bool {
+        let (meta, end) = (ctx.metadata(), ctx.metadata_end());
+        if meta + 4 > end {
+            return false;
+        }
+        // SAFETY: the four bytes lie inside the metadata area.
+        unsafe { core::ptr::read_unaligned(meta as *const u32) == DRY_RUN_MAGIC }
+    }
+
     #[xdp]
     pub fn segment_ingress(ctx: XdpContext) -> u32 {
         let (data, end) = (ctx.data(), ctx.data_end());
         let len = end.saturating_sub(data) as u64;
-        if judge(&ctx, data, end, len, HOOK_INGRESS) {
+        // SAFETY: reading a field of the context the kernel passed us.
+        let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+        if judge(
+            &ctx,
+            data,
+            end,
+            len,
+            HOOK_INGRESS,
+            ifindex,
+            is_dry_run(&ctx),
+        ) {
             xdp_action::XDP_PASS
         } else {
             xdp_action::XDP_DROP
@@ -53,7 +77,17 @@ mod programs {
         if linear < want {
             let _ = ctx.skb.pull_data(want);
         }
-        if judge(&ctx, ctx.data(), ctx.data_end(), len as u64, HOOK_EGRESS) {
+        // SAFETY: reading a field of the context the kernel passed us.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        if judge(
+            &ctx,
+            ctx.data(),
+            ctx.data_end(),
+            len as u64,
+            HOOK_EGRESS,
+            ifindex,
+            false,
+        ) {
             // Let any later program on the hook have its say.
             TC_ACT_UNSPEC
         } else {

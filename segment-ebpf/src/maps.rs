@@ -5,13 +5,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use segment_common::{
-    CtKey, CtValue, DEFAULT_CT_ENTRIES, FRAG_ENTRIES, FragKey, FragValue, GlobalConfig, Identity,
-    Ipv4Addr, Ipv6Addr, MAX_COUNTER_PAIRS, MAX_PREFIXES, MAX_RULE_ENTRIES, MAX_RULES,
-    PORT_CLASS_ENTRIES, PairCounters, PairKey, REASON_COUNT, ReasonCounters, RuleKey, RuleValue,
-    SLOT_COUNT, SlotConfig,
+    CtKey, CtValue, DEFAULT_CT_ENTRIES, ExplainRecord, FLOW_LOG_BYTES, FRAG_ENTRIES, FragKey,
+    FragValue, GlobalConfig, Identity, Ipv4Addr, Ipv6Addr, MAX_COUNTER_PAIRS, MAX_PREFIXES,
+    MAX_RULE_ENTRIES, MAX_RULES, PORT_CLASS_ENTRIES, PairCounters, PairKey, REASON_COUNT,
+    ReasonCounters, RuleKey, RuleValue, SLOT_COUNT, SlotConfig, TokenBucket,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -64,3 +64,15 @@ pub static PAIRS: PerCpuHashMap<PairKey, PairCounters> =
 
 #[map(name = "SEG_REASON_V1")]
 pub static REASONS: PerCpuArray<ReasonCounters> = PerCpuArray::pinned(REASON_COUNT * 2, 0);
+
+#[map(name = "SEG_EVENTS_V1")]
+pub static EVENTS: RingBuf = RingBuf::pinned(FLOW_LOG_BYTES, 0);
+
+#[map(name = "SEG_RATE_V1")]
+pub static RATE: PerCpuArray<TokenBucket> = PerCpuArray::pinned(1, 0);
+
+#[map(name = "SEG_LOGSTAT_V1")]
+pub static LOGSTAT: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
+
+#[map(name = "SEG_EXPLAIN_V1")]
+pub static EXPLAIN: PerCpuArray<ExplainRecord> = PerCpuArray::pinned(1, 0);

@@ -87,6 +87,20 @@ pub fn command(ns: Option<&Netns>, dirs: &Dirs, args: &[&str]) -> (i32, String, 
     )
 }
 
+/// Runs `segment-agent ARGS...` with no directories (offline commands such
+/// as `check`, `test`, `explain`).
+pub fn offline(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("running segment-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running `segment-agent run`.
 pub struct Agent {
     pub dirs: Dirs,

@@ -10,7 +10,9 @@
 //! * SIGINT/SIGTERM stop the agent; enforcement stays.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -23,11 +25,21 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use super::metrics;
 use crate::{
     control::{Request, Response},
-    datapath::{ApplyReport, Enforcer, state::write_atomic},
+    datapath::{
+        ApplyReport, Enforcer,
+        flowlog::{FlowLog, log_counters, set_log_all_new},
+        state::{unix_now, write_atomic},
+    },
+    metrics::AgentMetrics,
+    observe::{Observation, Observer},
     policy::{self, Policy},
 };
+
+/// Distinct (source, destination, protocol, port) an observation keeps.
+const OBSERVE_LIMIT: usize = 100_000;
 
 /// A candidate applied with `--confirm-within`, waiting for `confirm`.
 struct Pending {
@@ -37,31 +49,59 @@ struct Pending {
     generation: u64,
 }
 
+/// An `observe` in progress.
+struct Observing {
+    deadline: Instant,
+    started: Instant,
+    observer: Observer,
+    suppressed_before: u64,
+    reply: oneshot::Sender<Response>,
+}
+
 pub struct Daemon<'a> {
     pub policy_path: PathBuf,
     pub enforcer: &'a mut Enforcer,
     pending: Option<Pending>,
     seen: Option<(u64, SystemTime, u64)>,
-    /// Extra request handlers (the flow log) plug in here.
-    pub flows: Option<Box<dyn FnMut(u64, Option<usize>) -> serde_json::Value + 'a>>,
+    flowlog: Option<FlowLog>,
+    observing: Option<Observing>,
+    pub metrics: Arc<Mutex<AgentMetrics>>,
 }
 
 type Job = (Request, oneshot::Sender<Response>);
 
 impl<'a> Daemon<'a> {
     pub fn new(policy_path: &Path, enforcer: &'a mut Enforcer) -> Self {
+        let flowlog = match FlowLog::open(&enforcer.paths) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                warn!("the flow log is not available: {e:#}");
+                None
+            }
+        };
+        let metrics = AgentMetrics {
+            last_reload_ok: true,
+            last_reload_unix: unix_now() as f64,
+            ..AgentMetrics::default()
+        };
         Self {
             policy_path: policy_path.to_path_buf(),
             enforcer,
             pending: None,
             seen: file_stamp(policy_path),
-            flows: None,
+            flowlog,
+            observing: None,
+            metrics: Arc::new(Mutex::new(metrics)),
         }
     }
 
     /// Serves until SIGINT or SIGTERM. `tick` runs every 100 ms (datapath
-    /// log forwarding, flow log polling).
-    pub async fn serve(&mut self, mut tick: impl FnMut()) -> Result<()> {
+    /// log forwarding); so does the flow log polling.
+    pub async fn serve(
+        &mut self,
+        metrics_addr: Option<SocketAddr>,
+        mut tick: impl FnMut(),
+    ) -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -71,10 +111,24 @@ impl<'a> Daemon<'a> {
         let listener = UnixListener::bind(&sock_path)?;
         let (tx, mut rx) = mpsc::channel::<Job>(16);
         tokio::spawn(accept_loop(listener, tx));
+        if let Some(addr) = metrics_addr {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "serving metrics on {addr}: {e} (choose another --metrics-addr, or `none`)"
+                )
+            })?;
+            info!("Prometheus metrics on http://{addr}/metrics");
+            tokio::spawn(metrics::serve(
+                listener,
+                self.enforcer.paths.clone(),
+                self.metrics.clone(),
+            ));
+        }
         let mut poll = tokio::time::interval(Duration::from_millis(100));
         let mut watch = tokio::time::interval(Duration::from_millis(500));
         loop {
             let rollback_at = self.pending.as_ref().map(|p| p.deadline);
+            let observe_until = self.observing.as_ref().map(|o| o.deadline);
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -83,11 +137,19 @@ impl<'a> Daemon<'a> {
                     let _ = self.reload();
                 }
                 Some((req, reply)) = rx.recv() => {
-                    let resp = self.handle(req);
-                    let _ = reply.send(resp);
+                    if let Request::Observe { seconds } = req {
+                        self.start_observing(seconds, reply);
+                    } else {
+                        let resp = self.handle(req);
+                        let _ = reply.send(resp);
+                    }
                 }
                 _ = sleep_until(rollback_at) => self.rollback(),
-                _ = poll.tick() => tick(),
+                _ = sleep_until(observe_until) => self.finish_observing(),
+                _ = poll.tick() => {
+                    tick();
+                    self.poll_flows();
+                }
                 _ = watch.tick() => {
                     let now = file_stamp(&self.policy_path);
                     if now != self.seen {
@@ -167,10 +229,22 @@ impl<'a> Daemon<'a> {
                 },
                 None => Response::error("nothing to confirm: no candidate is pending"),
             },
-            Request::Flows { after, limit } => match self.flows.as_mut() {
-                Some(f) => Response::ok("flows", f(after, limit)),
+            Request::Flows { after, limit } => match self.flowlog.as_ref() {
+                Some(log) => {
+                    let (written, suppressed) =
+                        log_counters(&self.enforcer.paths).unwrap_or((0, 0));
+                    Response::ok(
+                        "flows",
+                        json!({
+                            "records": log.recent.after(after, limit.unwrap_or(1000)),
+                            "written": written,
+                            "suppressed": suppressed,
+                        }),
+                    )
+                }
                 None => Response::error("this agent keeps no flow log"),
             },
+            Request::Observe { .. } => Response::error("observe is answered when it ends"),
         }
     }
 
@@ -230,6 +304,103 @@ impl<'a> Daemon<'a> {
         }
     }
 
+    fn poll_flows(&mut self) {
+        let Some(log) = self.flowlog.as_mut() else {
+            return;
+        };
+        let new = log.poll(&self.enforcer.state);
+        if let Some(o) = self.observing.as_mut() {
+            for r in &new {
+                o.observer.add(r);
+            }
+        }
+        if let Ok(mut m) = self.metrics.lock() {
+            m.flow_records_read = log.read;
+            m.flow_records_kept = log.recent.len();
+        }
+    }
+
+    fn start_observing(&mut self, seconds: f64, reply: oneshot::Sender<Response>) {
+        if self.observing.is_some() {
+            let _ = reply.send(Response::error("an observation is already running"));
+            return;
+        }
+        if self.flowlog.is_none() {
+            let _ = reply.send(Response::error(
+                "the flow log is not available: cannot observe",
+            ));
+            return;
+        }
+        if !(seconds.is_finite() && seconds > 0.0) {
+            let _ = reply.send(Response::error("observe needs a positive duration"));
+            return;
+        }
+        if let Err(e) = set_log_all_new(&self.enforcer.paths, true) {
+            let _ = reply.send(Response::error(format!("cannot start observing: {e:#}")));
+            return;
+        }
+        // Records already in the ring buffer predate the observation.
+        self.poll_flows();
+        let (_, suppressed) = log_counters(&self.enforcer.paths).unwrap_or((0, 0));
+        info!("observing every new flow for {seconds} s");
+        self.observing = Some(Observing {
+            deadline: Instant::now() + Duration::from_secs_f64(seconds),
+            started: Instant::now(),
+            observer: Observer::new(OBSERVE_LIMIT),
+            suppressed_before: suppressed,
+            reply,
+        });
+    }
+
+    fn finish_observing(&mut self) {
+        self.poll_flows();
+        let Some(o) = self.observing.take() else {
+            return;
+        };
+        if let Err(e) = set_log_all_new(&self.enforcer.paths, false) {
+            warn!("could not return the flow log to denied flows only: {e:#}");
+        }
+        let (_, suppressed) = log_counters(&self.enforcer.paths).unwrap_or((0, 0));
+        let overflow = o.observer.overflow;
+        let seen = o.observer.finish(
+            o.started.elapsed().as_secs_f64(),
+            suppressed.saturating_sub(o.suppressed_before) + overflow,
+        );
+        let path = self.enforcer.paths.state_dir.join("observed.json");
+        let mut total: Observation = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        total.merge(seen.clone());
+        let saved = serde_json::to_vec_pretty(&total)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| write_atomic(&path, &b));
+        info!(
+            "observed {} distinct flows; {} in {}",
+            seen.flows.len(),
+            total.flows.len(),
+            path.display()
+        );
+        let resp = match saved {
+            Ok(()) => Response::ok(
+                format!(
+                    "observed {} distinct flows over {:.1} s ({} suppressed); {} in total in {}",
+                    seen.flows.len(),
+                    seen.seconds,
+                    seen.suppressed,
+                    total.flows.len(),
+                    path.display()
+                ),
+                serde_json::to_value(&seen).unwrap_or_default(),
+            ),
+            Err(e) => Response::error(format!(
+                "observed, but could not save {}: {e:#}",
+                path.display()
+            )),
+        };
+        let _ = o.reply.send(resp);
+    }
+
     /// The candidate was not confirmed: back to the committed policy.
     fn rollback(&mut self) {
         let Some(p) = self.pending.take() else { return };
@@ -251,6 +422,11 @@ impl<'a> Daemon<'a> {
         let policy = match policy::load(&self.policy_path) {
             Ok(p) => p,
             Err(e) => {
+                if let Ok(mut m) = self.metrics.lock() {
+                    m.reloads_failed += 1;
+                    m.last_reload_ok = false;
+                    m.last_reload_unix = unix_now() as f64;
+                }
                 error!(
                     "reload rejected, generation {} stays in force: {}",
                     self.enforcer.state.generation,
@@ -278,6 +454,20 @@ impl<'a> Daemon<'a> {
     }
 
     fn apply_policy(&mut self, policy: &Policy) -> std::result::Result<ApplyReport, String> {
+        let r = self.apply_policy_inner(policy);
+        if let Ok(mut m) = self.metrics.lock() {
+            if r.is_ok() {
+                m.reloads_ok += 1;
+            } else {
+                m.reloads_failed += 1;
+            }
+            m.last_reload_ok = r.is_ok();
+            m.last_reload_unix = unix_now() as f64;
+        }
+        r
+    }
+
+    fn apply_policy_inner(&mut self, policy: &Policy) -> std::result::Result<ApplyReport, String> {
         let started = Instant::now();
         let (compiled, ids) = match self.enforcer.compile(policy) {
             Ok(c) => c,

@@ -3,7 +3,7 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::anyhow;
-use segment_common::IDENTITY_F_AUDIT;
+use segment_common::{IDENTITY_F_AUDIT, Reason};
 use serde::Serialize;
 
 use super::{
@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     compile::Compiled,
+    datapath::{Paths, live, state::State},
     policy::{Policy, has_ports, protocol_name, syntax::parse_proto},
 };
 
@@ -113,6 +114,7 @@ pub fn run(
     proto: &str,
     dport: u16,
     json_out: bool,
+    live: Option<Paths>,
 ) -> anyhow::Result<Outcome> {
     let proto = parse_proto(proto).map_err(|e| {
         anyhow!(
@@ -128,12 +130,80 @@ pub fn run(
         return Ok(Outcome::Rejected);
     };
     let e = explain(&policy, &compiled, src, dst, proto, dport);
+    let live = match live {
+        Some(paths) => Some(live_view(&paths, &e, src, dst, proto, dport)?),
+        None => None,
+    };
     if json_out {
-        print_json(&serde_json::to_value(&e)?);
+        let mut v = serde_json::to_value(&e)?;
+        if let Some(l) = &live {
+            v["live"] = l.clone();
+        }
+        print_json(&v);
     } else {
         print_text(&e);
+        if let Some(l) = &live {
+            println!(
+                "live:    {}  ({}) — the loaded datapath, generation {}, {}",
+                l["verdict"].as_str().unwrap_or("?"),
+                l["reason"].as_str().unwrap_or("?"),
+                l["generation"],
+                l["rule"]
+                    .as_str()
+                    .map(|r| format!("by {r}"))
+                    .unwrap_or_else(|| "no rule".to_owned()),
+            );
+            if l["agrees"] == false {
+                println!(
+                    "         the datapath disagrees with {}: it enforces another policy (see `segment-agent status`)",
+                    path.display()
+                );
+            }
+        }
     }
     Ok(Outcome::Success)
+}
+
+/// The running datapath's verdict for the same packet.
+fn live_view(
+    paths: &Paths,
+    e: &Explanation,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    dport: u16,
+) -> anyhow::Result<serde_json::Value> {
+    let frame = crate::packet::opener(src, dst, proto, dport);
+    let v = live::judge(paths, &frame)?;
+    let state = State::load(&paths.state_file())?;
+    let meta = state.slots[(v.slot & 1) as usize].as_ref();
+    let rule = v
+        .rule
+        .and_then(|r| meta.and_then(|m| m.rules.get(r as usize)))
+        .map(|r| r.label.clone());
+    let segments = |id: u32| {
+        state
+            .identity_segments(id)
+            .map(<[String]>::to_vec)
+            .unwrap_or_default()
+    };
+    // What the policy says (an audited drop passes, but is still a drop).
+    let verdict = if v.reason.is_drop() || v.reason == Reason::PassAudit {
+        "drop"
+    } else {
+        "allow"
+    };
+    Ok(serde_json::json!({
+        "verdict": verdict,
+        "action": if v.pass { "pass" } else { "drop" },
+        "reason": v.reason.name(),
+        "rule": rule,
+        "generation": meta.map(|m| m.generation),
+        "policy": meta.map(|m| m.policy_name.clone()),
+        "src_segments": segments(v.src_id),
+        "dst_segments": segments(v.dst_id),
+        "agrees": verdict == e.verdict && rule.as_deref() == e.rule.as_ref().map(|r| r.label.as_str()),
+    }))
 }
 
 pub fn print_text(e: &Explanation) {

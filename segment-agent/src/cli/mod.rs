@@ -12,10 +12,12 @@ mod control_cmds;
 pub mod daemon;
 mod detach;
 pub mod explain;
+mod metrics;
 mod output;
 mod policy_tests;
 pub mod run;
-mod stats;
+pub mod stats;
+mod visibility;
 
 use std::path::PathBuf;
 
@@ -84,8 +86,15 @@ pub enum Command {
         /// Destination port (ignored for protocols without ports).
         #[arg(long, default_value_t = 0)]
         dport: u16,
+        /// Also ask the running datapath: run a synthetic packet through the
+        /// loaded program (BPF_PROG_TEST_RUN, dry: nothing is recorded) and
+        /// show its verdict beside the reference evaluator's.
+        #[arg(long)]
+        live: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        dirs: run::DirArgs,
     },
     /// Enforce a policy on interfaces; stay in the foreground.
     ///
@@ -116,6 +125,22 @@ pub enum Command {
     Confirm(control_cmds::DirOnly),
     /// What the running agent enforces (generation, pending candidate).
     Status(control_cmds::StatusArgs),
+    /// Recent dropped (and would-drop) flows from the running agent's flow log.
+    ///
+    /// Time, addresses and ports, protocol, segments of both ends, verdict and
+    /// reason. The datapath rate-limits the log; suppressed records are counted.
+    Flows(visibility::FlowsArgs),
+    /// Record every new flow for a while (take inventory), aggregated by
+    /// source, destination, protocol and port; saved for `suggest`.
+    ///
+    /// Best run with the policy in `mode: audit` (or an empty policy in audit
+    /// mode), so that nothing is dropped while observing.
+    Observe(visibility::ObserveArgs),
+    /// Write a least-privilege policy allowing exactly what `observe` saw.
+    Suggest(visibility::SuggestArgs),
+    /// Which (source, destination, protocol, ports) a new policy newly allows
+    /// or newly denies, computed from the compiled tables.
+    Diff(visibility::DiffArgs),
     /// Remove segment: programs, links, maps and state (or only the named
     /// interfaces' links).
     Detach(detach::DetachArgs),
@@ -155,8 +180,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             dst,
             proto,
             dport,
+            live,
             json,
-        } => explain::run(&policy, src, dst, &proto, dport, json),
+            dirs,
+        } => explain::run(
+            &policy,
+            src,
+            dst,
+            &proto,
+            dport,
+            json,
+            live.then(|| dirs.paths()),
+        ),
         Command::Run(args) => run::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Detach(args) => detach::run(args),
@@ -164,6 +199,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Apply(args) => control_cmds::apply(args),
         Command::Confirm(args) => control_cmds::confirm(args),
         Command::Status(args) => control_cmds::status(args),
+        Command::Flows(args) => visibility::flows(args),
+        Command::Observe(args) => visibility::observe(args),
+        Command::Suggest(args) => visibility::suggest(args),
+        Command::Diff(args) => visibility::diff(args),
         Command::Example => {
             print!("{}", crate::policy::EXAMPLE_POLICY);
             Ok(Outcome::Success)

@@ -38,11 +38,26 @@ pub struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
+    /// Serve Prometheus metrics on this address (`none` to disable).
+    #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
     /// Conntrack table size (entries), used when the table is first created.
     #[arg(long, default_value_t = segment_common::DEFAULT_CT_ENTRIES)]
     pub conntrack_size: u32,
     #[command(flatten)]
     pub dirs: DirArgs,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> std::result::Result<MetricsAddr, String> {
+    if s == "none" || s == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|_| format!("`{s}` is not an address:port (e.g. 127.0.0.1:9464) or `none`"))
 }
 
 /// Where state lives (both default to the standard locations).
@@ -224,7 +239,7 @@ pub fn run(args: RunArgs) -> Result<Outcome> {
         .build()?;
     let mut logger = logger.ok();
     let mut daemon = Daemon::new(&args.policy, &mut enforcer);
-    runtime.block_on(daemon.serve(|| {
+    runtime.block_on(daemon.serve(args.metrics_addr.0, || {
         if let Some(l) = logger.as_mut() {
             l.flush();
         }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::{Outcome, output::print_json, run::DirArgs};
 use crate::{
-    datapath::{Paths, counters, state::State},
+    datapath::{Paths, counters, flowlog, state::State},
     report::{self, SegmentStats},
 };
 
@@ -132,6 +132,14 @@ pub fn collect(paths: &Paths) -> Result<Value> {
         .filter(|(r, _)| !r.is_drop())
         .map(|(_, h)| h[0].packets + h[1].packets)
         .sum();
+    let sizes = meta.and_then(|m| m.sizes.clone()).unwrap_or_default();
+    let maps = json!([
+        {"name": "conntrack", "entries": snap.conntrack_entries, "capacity": snap.conntrack_capacity},
+        {"name": "identity_pairs", "entries": snap.pairs.len(), "capacity": segment_common::MAX_COUNTER_PAIRS},
+        {"name": "rule_entries", "entries": sizes.rule_entries, "capacity": segment_common::MAX_RULE_ENTRIES},
+        {"name": "prefixes", "entries": sizes.prefixes_v4 + sizes.prefixes_v6, "capacity": segment_common::MAX_PREFIXES},
+    ]);
+    let (written, suppressed) = flowlog::log_counters(paths).unwrap_or((0, 0));
     Ok(json!({
         "pin_dir": paths.pin_dir,
         "policy": meta.map(|m| m.policy_name.clone()),
@@ -146,6 +154,8 @@ pub fn collect(paths: &Paths) -> Result<Value> {
         "interfaces": state.interfaces,
         "totals": {"passed_packets": passed, "dropped_packets": dropped, "would_drop_packets": would_drop},
         "conntrack_entries": snap.conntrack_entries,
+        "maps": maps,
+        "flow_log": {"written": written, "suppressed": suppressed},
         "segments": segments,
         "rules": rules,
         "reasons": reasons,

@@ -139,7 +139,7 @@ impl PortClassTable {
 }
 
 /// Sizes, for `check` and capacity errors.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Sizes {
     pub segments: usize,
     pub rules: usize,

@@ -621,4 +621,26 @@ proptest! {
         prop_assert_eq!(results[0].holds, pairs > 0 && all);
         prop_assert_eq!(results[1].holds, pairs > 0 && !any);
     }
+
+    /// `diff` lists a change covering a packet exactly when the packet's
+    /// verdict differs between the two policies.
+    #[test]
+    fn diff_says_exactly_which_verdicts_change(
+        old in arb_policy(),
+        new in arb_policy(),
+        packets in proptest::collection::vec(arb_packet(), 64),
+    ) {
+        let (co, cn) = (compile(&old).unwrap(), compile(&new).unwrap());
+        let changes = crate::diff::diff((&old, &co), (&new, &cn));
+        for (src, dst, proto, port) in packets {
+            let was = first_match(&old, src, dst, proto, port).is_some();
+            let is = first_match(&new, src, dst, proto, port).is_some();
+            let listed: Vec<_> = changes.iter().filter(|c| c.covers(&co, &cn, src, dst, proto, port)).collect();
+            prop_assert!(listed.len() <= 1, "overlapping changes for {} -> {} {}/{}", src, dst, proto, port);
+            prop_assert_eq!(listed.len() == 1, was != is, "{} -> {} proto {} port {}", src, dst, proto, port);
+            if let Some(c) = listed.first() {
+                prop_assert_eq!(c.now == "allowed", is);
+            }
+        }
+    }
 }

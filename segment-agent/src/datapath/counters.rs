@@ -23,6 +23,7 @@ pub struct Snapshot {
     /// Hits of the active slot's rules, by rule index.
     pub hits: HashMap<u32, u64>,
     pub conntrack_entries: usize,
+    pub conntrack_capacity: u32,
 }
 
 pub fn read(paths: &Paths) -> Result<Snapshot> {
@@ -78,7 +79,10 @@ pub fn read(paths: &Paths) -> Result<Snapshot> {
         }
     }
 
-    let ct: BpfHashMap<MapData, CtKey, CtValue> = open_map(paths, map_names::CONNTRACK)?;
+    let ct_data = MapData::from_pin(paths.map(map_names::CONNTRACK))?;
+    let conntrack_capacity = ct_data.info()?.max_entries();
+    let ct: BpfHashMap<MapData, CtKey, CtValue> =
+        BpfHashMap::try_from(aya::maps::Map::from_map_data(ct_data)?)?;
     let conntrack_entries = ct.keys().filter(Result::is_ok).count();
 
     Ok(Snapshot {
@@ -88,6 +92,7 @@ pub fn read(paths: &Paths) -> Result<Snapshot> {
         reasons,
         hits,
         conntrack_entries,
+        conntrack_capacity,
     })
 }
 

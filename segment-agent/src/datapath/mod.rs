@@ -3,7 +3,9 @@
 //! is made by the pure modules ([`crate::compile`]).
 
 pub mod counters;
+pub mod flowlog;
 pub mod flush;
+pub mod live;
 pub mod loader;
 pub mod paths;
 pub mod state;
@@ -122,7 +124,9 @@ impl Enforcer {
         let mut state = self.state.clone();
         state.generation = generation;
         state.identities = ids;
-        state.slots[slot as usize] = Some(SlotMeta::describe(policy, generation));
+        let mut meta = SlotMeta::describe(policy, generation);
+        meta.sizes = Some(compiled.sizes.clone());
+        state.slots[slot as usize] = Some(meta);
         state.save(&self.paths.state_file())?;
         std::fs::write(self.paths.slot_policy(slot), &policy.source.text)
             .with_context(|| format!("saving {}", self.paths.slot_policy(slot).display()))?;

@@ -38,6 +38,9 @@ pub struct SlotMeta {
     pub applied_unix: u64,
     pub rules: Vec<RuleMeta>,
     pub segments: Vec<SegmentMeta>,
+    /// What the compiled policy occupies in the maps.
+    #[serde(default)]
+    pub sizes: Option<crate::compile::Sizes>,
 }
 
 impl SlotMeta {
@@ -63,6 +66,7 @@ impl SlotMeta {
                     kind: s.kind.as_str().to_owned(),
                 })
                 .collect(),
+            sizes: None,
         }
     }
 }
