@@ -6,6 +6,7 @@
 //! (root, one thread: they share the kernel).
 
 pub mod agent;
+pub mod bpfasm;
 pub mod frames;
 pub mod lab;
 pub mod netns;

@@ -5,62 +5,15 @@
 //! tags travel inside the frames, so segment's XDP program sees real 802.1Q
 //! and QinQ frames from real sockets.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use crate::netns::Netns;
-
-const BPF_PROG_LOAD: i64 = 5;
-const BPF_LINK_CREATE: i64 = 28;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-const BPF_TCX_INGRESS: u32 = 46;
-const BPF_TCX_EGRESS: u32 = 47;
-const FUNC_SKB_VLAN_PUSH: i32 = 18;
-const FUNC_SKB_VLAN_POP: i32 = 19;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-fn mov_reg(dst: u8, src: u8) -> Insn {
-    Insn {
-        code: 0xbf,
-        regs: (src << 4) | dst,
-        off: 0,
-        imm: 0,
-    }
-}
-
-fn mov_imm(dst: u8, imm: i32) -> Insn {
-    Insn {
-        code: 0xb7,
-        regs: dst,
-        off: 0,
-        imm,
-    }
-}
-
-fn call(func: i32) -> Insn {
-    Insn {
-        code: 0x85,
-        regs: 0,
-        off: 0,
-        imm: func,
-    }
-}
-
-fn exit() -> Insn {
-    Insn {
-        code: 0x95,
-        regs: 0,
-        off: 0,
-        imm: 0,
-    }
-}
+use crate::{
+    bpfasm::{
+        BPF_PROG_TYPE_SCHED_CLS, BPF_TCX_EGRESS, BPF_TCX_INGRESS, FUNC_SKB_VLAN_POP,
+        FUNC_SKB_VLAN_PUSH, Insn, call, exit, link, load, mov_imm, mov_reg,
+    },
+    netns::Netns,
+};
 
 /// `(TPID, VID)` pairs, innermost first, as a program that pushes them.
 fn push_program(tags: &[(u16, u16)]) -> Vec<Insn> {
@@ -87,42 +40,6 @@ fn pop_program(levels: usize) -> Vec<Insn> {
     p.push(mov_imm(0, -1));
     p.push(exit());
     p
-}
-
-fn bpf(cmd: i64, attr: &mut [u8]) -> std::io::Result<i32> {
-    // SAFETY: the attr buffer is zero-initialized and as large as the
-    // kernel reads for these commands.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc as i32)
-    }
-}
-
-fn load(insns: &[Insn]) -> OwnedFd {
-    let license = b"GPL\0";
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_SCHED_CLS.to_ne_bytes());
-    attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)
-        .unwrap_or_else(|e| panic!("loading the VLAN helper program: {e}"));
-    // SAFETY: a new fd returned by the kernel, owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn link(prog: &OwnedFd, ifindex: u32, attach_type: u32) -> OwnedFd {
-    use std::os::fd::AsRawFd;
-    let mut attr = [0u8; 64];
-    attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&ifindex.to_ne_bytes());
-    attr[8..12].copy_from_slice(&attach_type.to_ne_bytes());
-    let fd = bpf(BPF_LINK_CREATE, &mut attr)
-        .unwrap_or_else(|e| panic!("attaching the VLAN helper: {e}"));
-    // SAFETY: a new fd returned by the kernel, owned by nobody else.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Tags pushed on one side of a link and popped on the other, in both
@@ -168,11 +85,11 @@ impl Trunk {
             let push = push_program(tags);
             let pop = pop_program(tags.len());
             links.extend(ns.run(move || {
-                let push_fd = load(&push);
-                let pop_fd = load(&pop);
+                let push_fd = load(BPF_PROG_TYPE_SCHED_CLS, &push);
+                let pop_fd = load(BPF_PROG_TYPE_SCHED_CLS, &pop);
                 vec![
-                    link(&push_fd, ifindex, BPF_TCX_EGRESS),
-                    link(&pop_fd, ifindex, BPF_TCX_INGRESS),
+                    link(&push_fd, ifindex, BPF_TCX_EGRESS, 0),
+                    link(&pop_fd, ifindex, BPF_TCX_INGRESS, 0),
                 ]
             }));
         }
