@@ -50,7 +50,9 @@ pub const fn port_proto_block(proto: u8) -> Option<u32> {
 /// hash) only cost memory for the entries in use, so their bounds are high;
 /// the agent refuses a policy that does not fit before it touches any map.
 pub const MAX_PREFIXES: u32 = 1 << 21;
-pub const MAX_RULE_ENTRIES: u32 = 1 << 22;
+/// A hash map allocates its bucket array for `max_entries` up front (16
+/// bytes a bucket, per slot), so this bound is a memory trade-off.
+pub const MAX_RULE_ENTRIES: u32 = 1 << 20;
 /// Rules (acls plus failsafe entries) of one policy; also the size of the
 /// per-slot rule hit arrays.
 pub const MAX_RULES: u32 = 1 << 18;
@@ -227,7 +229,40 @@ pub struct SlotConfig {
     pub enforce_ingress: u32,
     /// `IDENTITY_F_*` of addresses outside every prefix (identity 0).
     pub world_flags: u32,
-    pub _pad: u32,
+    /// How many prefix lengths the exact-match identity tables hold, per
+    /// family, or [`LENS_USE_LPM`] when there are too many (or too many
+    /// prefixes) and the LPM trie answers instead.
+    pub lens_v4_count: u8,
+    pub lens_v6_count: u8,
+    pub _pad: [u8; 2],
+    /// Those prefix lengths, longest first.
+    pub lens_v4: [u8; MAX_EXACT_LENS],
+    pub lens_v6: [u8; MAX_EXACT_LENS],
+}
+
+/// Prefix lengths the exact-match identity lookup tries at most (one hash
+/// lookup each, longest first). A policy of hosts and a few networks needs
+/// one to three; beyond this the LPM trie is cheaper.
+pub const MAX_EXACT_LENS: usize = 8;
+pub const LENS_USE_LPM: u8 = u8::MAX;
+/// Prefixes per family and slot the exact-match tables hold (their hash
+/// buckets are allocated up front).
+pub const MAX_EXACT_PREFIXES: u32 = 1 << 18;
+
+/// Key of the exact-match identity tables: a prefix length and the address
+/// masked to it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExactKey4 {
+    pub len: u32,
+    pub addr: Ipv4Addr,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExactKey6 {
+    pub len: u32,
+    pub addr: Ipv6Addr,
 }
 
 /// Hook a packet was judged at; also the index of per-hook counter blocks.
@@ -483,7 +518,9 @@ assert_size!(GlobalConfig, 16);
 assert_size!(FlowEvent, 72);
 assert_size!(TokenBucket, 16);
 assert_size!(ExplainRecord, 32);
-assert_size!(SlotConfig, 24);
+assert_size!(SlotConfig, 40);
+assert_size!(ExactKey4, 8);
+assert_size!(ExactKey6, 20);
 assert_size!(TrafficCounters, 48);
 assert_size!(PairKey, 8);
 assert_size!(PairCounters, 96);
@@ -512,6 +549,8 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for ExactKey4 {}
+    unsafe impl aya::Pod for ExactKey6 {}
     unsafe impl aya::Pod for TokenBucket {}
     unsafe impl aya::Pod for ExplainRecord {}
 }

@@ -6,11 +6,16 @@
 /// `Array<GlobalConfig>`, one entry.
 pub const CONFIG: &str = "SEG_CFG_V1";
 /// `Array<SlotConfig>`, one entry per slot.
-pub const SLOT_CONFIG: &str = "SEG_SLOT_V1";
+pub const SLOT_CONFIG: &str = "SEG_SLOT_V2";
 /// `LpmTrie<Ipv4Addr, Identity>` per slot.
 pub const IDENTITY_V4: [&str; 2] = ["SEG_ID4_A_V1", "SEG_ID4_B_V1"];
 /// `LpmTrie<Ipv6Addr, Identity>` per slot.
 pub const IDENTITY_V6: [&str; 2] = ["SEG_ID6_A_V1", "SEG_ID6_B_V1"];
+/// `HashMap<ExactKey4, Identity>` per slot: the same prefixes as the trie,
+/// looked up by exact match for each prefix length present.
+pub const EXACT_V4: [&str; 2] = ["SEG_EX4_A_V1", "SEG_EX4_B_V1"];
+/// `HashMap<ExactKey6, Identity>` per slot.
+pub const EXACT_V6: [&str; 2] = ["SEG_EX6_A_V1", "SEG_EX6_B_V1"];
 /// `Array<u16>` of `PORT_CLASS_ENTRIES` per slot: port class by protocol block
 /// and destination port.
 pub const PORT_CLASSES: [&str; 2] = ["SEG_PORT_A_V1", "SEG_PORT_B_V1"];
@@ -37,13 +42,17 @@ pub const LOGSTAT: &str = "SEG_LOGSTAT_V1";
 pub const EXPLAIN: &str = "SEG_EXPLAIN_V1";
 
 /// Every map, for pinning, adoption and removal.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 24] = [
     CONFIG,
     SLOT_CONFIG,
     IDENTITY_V4[0],
     IDENTITY_V4[1],
     IDENTITY_V6[0],
     IDENTITY_V6[1],
+    EXACT_V4[0],
+    EXACT_V4[1],
+    EXACT_V6[0],
+    EXACT_V6[1],
     PORT_CLASSES[0],
     PORT_CLASSES[1],
     RULES[0],

@@ -18,7 +18,7 @@
 //! --live`: an XDP test run with `DRY_RUN_MAGIC` as metadata) decides the
 //! same way but writes nothing except the record of its decision.
 
-use aya_ebpf::{EbpfContext, helpers::bpf_ktime_get_ns};
+use aya_ebpf::EbpfContext;
 use segment_common::{
     CT_F_AUDIT, CT_F_EGRESS, CT_F_UNENFORCED, CT_RULE_NONE, FLOW_LOG_ALL_NEW, HOOK_EGRESS,
     IDENTITY_F_AUDIT, OVERRIDE_AUDIT_ALL, OVERRIDE_PASS_ALL, RULE_F_FAILSAFE, Reason,
@@ -30,7 +30,7 @@ use crate::{
         first_fragment, is_opener, is_related, now_ns, open, remember_first_fragment, track,
     },
     flowlog,
-    maps::{CONFIG, EXPLAIN},
+    maps::{CONFIG, EXPLAIN, SCRATCH},
     parse::{Cursor, Frag, Packet, Parsed, parse},
     policy::{count_rule_hit, identity, matching_rule, slot_config},
 };
@@ -53,6 +53,7 @@ pub struct Run<'c, C> {
     dry: bool,
     slot: u32,
     generation: u16,
+    now: u64,
 }
 
 impl<C: EbpfContext> Run<'_, C> {
@@ -64,7 +65,7 @@ impl<C: EbpfContext> Run<'_, C> {
             if let Some(rec) = EXPLAIN.get_ptr_mut(0) {
                 // SAFETY: this CPU's record, from a successful lookup.
                 unsafe {
-                    (*rec).ts_ns = bpf_ktime_get_ns();
+                    (*rec).ts_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
                     (*rec).reason = reason as u32;
                     (*rec).rule = rule;
                     (*rec).src_id = pair.map(|p| p.src_id).unwrap_or(u32::MAX);
@@ -80,7 +81,7 @@ impl<C: EbpfContext> Run<'_, C> {
             Log::Packet(pkt) => Some(pkt),
             Log::Unparsed => None,
         };
-        let now = now_ns();
+        let now = self.now;
         flowlog::report(now, |ev| {
             // SAFETY: `ev` points at a reserved ring buffer record; every
             // field is written before it is submitted.
@@ -141,9 +142,16 @@ pub fn judge<C: EbpfContext>(
         dry,
         slot: 0,
         generation: 0,
+        now: now_ns(),
     };
     let cursor = Cursor::new(data, data_end);
-    match parse(&cursor) {
+    let Some(pkt) = SCRATCH.get_ptr_mut(0) else {
+        return run.exit(Reason::PassNoPolicy, None, CT_RULE_NONE, Log::No);
+    };
+    // SAFETY: this CPU's scratch slot, from a successful lookup; a program
+    // run is not preempted on its CPU, so nothing else uses it meanwhile.
+    let pkt = unsafe { &mut *pkt };
+    match parse(&cursor, pkt) {
         Parsed::NotIp => run.exit(Reason::PassNotIp, None, CT_RULE_NONE, Log::No),
         Parsed::Neighbor => run.exit(Reason::PassNeighbor, None, CT_RULE_NONE, Log::No),
         Parsed::Malformed => {
@@ -154,7 +162,7 @@ pub fn judge<C: EbpfContext>(
             let reason = malformed_or_override(Reason::DropExtHeaders);
             run.exit(reason, None, CT_RULE_NONE, Log::Unparsed)
         }
-        Parsed::Ip(pkt) => judge_ip(&mut run, &pkt),
+        Parsed::Ip => judge_ip(&mut run, pkt),
     }
 }
 
@@ -188,7 +196,7 @@ fn judge_ip<C: EbpfContext>(run: &mut Run<'_, C>, pkt: &Packet) -> bool {
     run.generation = slot_cfg.generation as u16;
     let dry = run.dry;
     let hook = run.hook;
-    let now = now_ns();
+    let now = run.now;
 
     if pkt.frag == Frag::Later {
         if let Some(first) = first_fragment(pkt, now) {
@@ -203,8 +211,8 @@ fn judge_ip<C: EbpfContext>(run: &mut Run<'_, C>, pkt: &Packet) -> bool {
             };
             return run.exit(reason, Some(pair), NONE, Log::No);
         }
-        let src = identity(slot, pkt.family, &pkt.src, slot_cfg.world_flags);
-        let dst = identity(slot, pkt.family, &pkt.dst, slot_cfg.world_flags);
+        let src = identity(slot, pkt.family, &pkt.src, slot_cfg);
+        let dst = identity(slot, pkt.family, &pkt.dst, slot_cfg);
         let pair = Pair {
             src_id: src.id,
             dst_id: dst.id,
@@ -233,8 +241,8 @@ fn judge_ip<C: EbpfContext>(run: &mut Run<'_, C>, pkt: &Packet) -> bool {
         return run.exit(reason, Some(pair), NONE, Log::No);
     }
 
-    let src = identity(slot, pkt.family, &pkt.src, slot_cfg.world_flags);
-    let dst = identity(slot, pkt.family, &pkt.dst, slot_cfg.world_flags);
+    let src = identity(slot, pkt.family, &pkt.src, slot_cfg);
+    let dst = identity(slot, pkt.family, &pkt.dst, slot_cfg);
     let pair = Pair {
         src_id: src.id,
         dst_id: dst.id,

@@ -8,10 +8,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use segment_common::{
-    CtKey, CtValue, DEFAULT_CT_ENTRIES, ExplainRecord, FLOW_LOG_BYTES, FRAG_ENTRIES, FragKey,
-    FragValue, GlobalConfig, Identity, Ipv4Addr, Ipv6Addr, MAX_COUNTER_PAIRS, MAX_PREFIXES,
-    MAX_RULE_ENTRIES, MAX_RULES, PORT_CLASS_ENTRIES, PairCounters, PairKey, REASON_COUNT,
-    ReasonCounters, RuleKey, RuleValue, SLOT_COUNT, SlotConfig, TokenBucket,
+    CtKey, CtValue, DEFAULT_CT_ENTRIES, ExactKey4, ExactKey6, ExplainRecord, FLOW_LOG_BYTES,
+    FRAG_ENTRIES, FragKey, FragValue, GlobalConfig, Identity, Ipv4Addr, Ipv6Addr,
+    MAX_COUNTER_PAIRS, MAX_EXACT_PREFIXES, MAX_PREFIXES, MAX_RULE_ENTRIES, MAX_RULES,
+    PORT_CLASS_ENTRIES, PairCounters, PairKey, REASON_COUNT, ReasonCounters, RuleKey, RuleValue,
+    SLOT_COUNT, SlotConfig, TokenBucket,
 };
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -21,7 +22,7 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 #[map(name = "SEG_CFG_V1")]
 pub static CONFIG: Array<GlobalConfig> = Array::pinned(1, 0);
 
-#[map(name = "SEG_SLOT_V1")]
+#[map(name = "SEG_SLOT_V2")]
 pub static SLOT_CONFIG: Array<SlotConfig> = Array::pinned(SLOT_COUNT, 0);
 
 #[map(name = "SEG_ID4_A_V1")]
@@ -32,6 +33,19 @@ pub static ID4_B: LpmTrie<Ipv4Addr, Identity> = LpmTrie::pinned(MAX_PREFIXES, 0)
 pub static ID6_A: LpmTrie<Ipv6Addr, Identity> = LpmTrie::pinned(MAX_PREFIXES, 0);
 #[map(name = "SEG_ID6_B_V1")]
 pub static ID6_B: LpmTrie<Ipv6Addr, Identity> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "SEG_EX4_A_V1")]
+pub static EX4_A: HashMap<ExactKey4, Identity> =
+    HashMap::pinned(MAX_EXACT_PREFIXES, BPF_F_NO_PREALLOC);
+#[map(name = "SEG_EX4_B_V1")]
+pub static EX4_B: HashMap<ExactKey4, Identity> =
+    HashMap::pinned(MAX_EXACT_PREFIXES, BPF_F_NO_PREALLOC);
+#[map(name = "SEG_EX6_A_V1")]
+pub static EX6_A: HashMap<ExactKey6, Identity> =
+    HashMap::pinned(MAX_EXACT_PREFIXES, BPF_F_NO_PREALLOC);
+#[map(name = "SEG_EX6_B_V1")]
+pub static EX6_B: HashMap<ExactKey6, Identity> =
+    HashMap::pinned(MAX_EXACT_PREFIXES, BPF_F_NO_PREALLOC);
 
 #[map(name = "SEG_PORT_A_V1")]
 pub static PORTS_A: Array<u16> = Array::pinned(PORT_CLASS_ENTRIES, BPF_F_MMAPABLE);
@@ -76,3 +90,8 @@ pub static LOGSTAT: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
 
 #[map(name = "SEG_EXPLAIN_V1")]
 pub static EXPLAIN: PerCpuArray<ExplainRecord> = PerCpuArray::pinned(1, 0);
+
+/// Per-CPU scratch space for the parsed packet: the BPF stack (512 bytes)
+/// is too small to hold it next to everything else.
+#[map(name = "SEG_SCRATCH_V1")]
+pub static SCRATCH: PerCpuArray<crate::parse::Packet> = PerCpuArray::with_max_entries(1, 0);

@@ -79,7 +79,8 @@ pub enum Parsed {
     NotIp,
     /// IPv6 neighbour discovery and multicast listener messages.
     Neighbor,
-    Ip(Packet),
+    /// An IP packet, described in the `Packet` passed to [`parse`].
+    Ip,
     Malformed,
     /// IPv6 extension header chain longer than the walk allows.
     ExtHeaders,
@@ -172,8 +173,10 @@ fn v6_words(b: [u8; 16]) -> [u32; 4] {
     ]
 }
 
+/// Parses the packet into `pkt` (which lives in a per-CPU map, not on the
+/// 512-byte BPF stack).
 #[inline(always)]
-pub fn parse(c: &Cursor) -> Parsed {
+pub fn parse(c: &Cursor, pkt: &mut Packet) -> Parsed {
     let Some(mut ether_type) = c.be16_at(12) else {
         return Parsed::Malformed;
     };
@@ -190,8 +193,8 @@ pub fn parse(c: &Cursor) -> Parsed {
         off += 4;
     }
     match ether_type {
-        ETH_P_IP => parse_ipv4(c, off),
-        ETH_P_IPV6 => parse_ipv6(c, off),
+        ETH_P_IP => parse_ipv4(c, off, pkt),
+        ETH_P_IPV6 => parse_ipv6(c, off, pkt),
         // A third tag is not something we can see through: judge it as IP
         // would be judged only if we could; refusing is the safe answer.
         ETH_P_8021Q | ETH_P_8021AD => Parsed::Malformed,
@@ -200,7 +203,7 @@ pub fn parse(c: &Cursor) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_ipv4(c: &Cursor, off: usize) -> Parsed {
+fn parse_ipv4(c: &Cursor, off: usize, pkt: &mut Packet) -> Parsed {
     let Some(ip) = c.get::<Ipv4Hdr>(off) else {
         return Parsed::Malformed;
     };
@@ -221,7 +224,7 @@ fn parse_ipv4(c: &Cursor, off: usize) -> Parsed {
     let frags = u16::from_be_bytes(ip.frags);
     let frag_off = frags & 0x1fff;
     let more = frags & 0x2000 != 0;
-    let mut pkt = Packet {
+    *pkt = Packet {
         family: 4,
         proto: ip.proto,
         src: v4_words(ip.src_addr),
@@ -241,7 +244,7 @@ fn parse_ipv4(c: &Cursor, off: usize) -> Parsed {
             return Parsed::Malformed;
         }
         pkt.frag = Frag::Later;
-        return Parsed::Ip(pkt);
+        return Parsed::Ip;
     }
     if more {
         pkt.frag = Frag::First;
@@ -249,17 +252,17 @@ fn parse_ipv4(c: &Cursor, off: usize) -> Parsed {
     // The transport header must lie inside the IP datagram, not in padding
     // after it.
     let l4_room = tot_len - hlen;
-    if parse_l4(c, off + hlen, l4_room, &mut pkt).is_none() {
+    if parse_l4(c, off + hlen, l4_room, pkt).is_none() {
         return Parsed::Malformed;
     }
     if pkt.quoted.is_none() && is_icmp_error(pkt.proto, pkt.icmp_type) {
         pkt.quoted = parse_quoted_v4(c, off + hlen + 8);
     }
-    Parsed::Ip(pkt)
+    Parsed::Ip
 }
 
 #[inline(always)]
-fn parse_ipv6(c: &Cursor, off: usize) -> Parsed {
+fn parse_ipv6(c: &Cursor, off: usize, pkt: &mut Packet) -> Parsed {
     let Some(ip) = c.get::<Ipv6Hdr>(off) else {
         return Parsed::Malformed;
     };
@@ -269,7 +272,7 @@ fn parse_ipv6(c: &Cursor, off: usize) -> Parsed {
         return Parsed::Malformed;
     }
     let payload_len = u16::from_be_bytes(ip.payload_len) as usize;
-    let mut pkt = Packet {
+    *pkt = Packet {
         family: 6,
         proto: ip.next_hdr,
         src: v6_words(ip.src_addr),
@@ -326,7 +329,7 @@ fn parse_ipv6(c: &Cursor, off: usize) -> Parsed {
                 if frag_off != 0 {
                     pkt.proto = next;
                     pkt.frag = Frag::Later;
-                    return Parsed::Ip(pkt);
+                    return Parsed::Ip;
                 }
                 if more {
                     pkt.frag = Frag::First;
@@ -347,7 +350,7 @@ fn parse_ipv6(c: &Cursor, off: usize) -> Parsed {
         return Parsed::Malformed;
     }
     pkt.proto = next;
-    if parse_l4(c, base + ext, payload_len - ext, &mut pkt).is_none() {
+    if parse_l4(c, base + ext, payload_len - ext, pkt).is_none() {
         return Parsed::Malformed;
     }
     if pkt.proto == IPPROTO_ICMPV6 && is_neighbor_icmpv6(pkt.icmp_type) {
@@ -356,7 +359,7 @@ fn parse_ipv6(c: &Cursor, off: usize) -> Parsed {
     if is_icmp_error(pkt.proto, pkt.icmp_type) {
         pkt.quoted = parse_quoted_v6(c, base + ext + 8);
     }
-    Parsed::Ip(pkt)
+    Parsed::Ip
 }
 
 /// Reads ports, TCP flags and ICMP type. `room` is how many bytes the IP

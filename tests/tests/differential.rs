@@ -329,7 +329,15 @@ impl Model {
             }
         };
         let (key, from_a) = flow(c.src, c.sport, c.dst, c.dport, c.proto);
-        if let Some(ct) = self.ct.get(&key).copied() {
+        // Openers that conntrack could only pass as retransmissions are
+        // judged by the policy directly.
+        let policy_only = match c.proto {
+            6 => c.tcp_flags & (SYN | ACK | RST | FIN) == SYN,
+            1 => c.icmp_type == Some(8),
+            58 => c.icmp_type == Some(128),
+            _ => false,
+        };
+        if let Some(ct) = (!policy_only).then(|| self.ct.get(&key).copied()).flatten() {
             let from_initiator = ct.initiator_a == from_a;
             let mut matched = true;
             if c.proto == 6 {

@@ -6,7 +6,8 @@
 //!   root tests in network namespaces (one at a time: they share the kernel).
 //! * `demo`  — setup, then a namespace lab enforcing the built-in example.
 //! * `lint`  — rustfmt and clippy (`-D warnings`), host and BPF crates.
-//! * `bench` — see `bench.rs`.
+//! * `bench` — segment against XDP_DROP, nftables and iptables (the driver
+//!   is `tests/src/bin/segment-bench`).
 
 mod demo;
 mod setup;
@@ -42,6 +43,14 @@ enum Cmd {
     Demo,
     /// rustfmt --check and clippy -D warnings.
     Lint,
+    /// Measure segment against the XDP limit, nftables and iptables, the
+    /// per-packet program cost and the control plane; write
+    /// docs/benchmarks.md and target/bench/report.json.
+    Bench {
+        /// A short version (fewer sizes, runs and seconds).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -79,6 +88,45 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Cmd::Bench { quick } => {
+            setup::run()?;
+            let agent = util::build_agent(true)?;
+            util::cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "segment-tests",
+                "--features",
+                "bench",
+                "--bin",
+                "segment-bench",
+            ])?;
+            let bin = agent.with_file_name("segment-bench");
+            let root = util::root();
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.current_dir(&root)
+                .env("SEGMENT_AGENT_BIN", &agent)
+                .args([
+                    "--json",
+                    "target/bench/report.json",
+                    "--markdown",
+                    "docs/benchmarks.md",
+                ])
+                .args([
+                    "--command",
+                    if quick {
+                        "cargo xtask bench --quick"
+                    } else {
+                        "cargo xtask bench"
+                    },
+                ]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            let status = cmd.status()?;
+            anyhow::ensure!(status.success(), "the benchmark failed ({status})");
+            Ok(())
         }
         Cmd::Lint => {
             util::cargo(&["fmt", "--all", "--", "--check"])?;

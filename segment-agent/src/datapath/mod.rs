@@ -100,9 +100,10 @@ impl Enforcer {
             enforce_egress: u32::from(policy.enforce.egress),
             enforce_ingress: u32::from(policy.enforce.ingress),
             world_flags: compiled.world.flags,
-            _pad: 0,
+            ..SlotConfig::default()
         };
         let new = SlotContents::from_compiled(&compiled, config);
+        let config = new.config;
         let old = match self.contents[slot as usize].take() {
             Some(c) => c,
             None => self

@@ -18,8 +18,8 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use segment_common::{
-    GlobalConfig, Identity, Ipv4Addr, Ipv6Addr, PORT_CLASS_ENTRIES, RuleKey, RuleValue, SlotConfig,
-    map_names,
+    ExactKey4, ExactKey6, GlobalConfig, Identity, Ipv4Addr, Ipv6Addr, LENS_USE_LPM, MAX_EXACT_LENS,
+    MAX_EXACT_PREFIXES, PORT_CLASS_ENTRIES, RuleKey, RuleValue, SlotConfig, map_names,
 };
 
 use super::paths::Paths;
@@ -30,19 +30,73 @@ use crate::compile::{Compiled, Prefix};
 pub struct SlotContents {
     pub v4: HashMap<(u32, Ipv4Addr), Identity>,
     pub v6: HashMap<(u32, Ipv6Addr), Identity>,
+    /// The same prefixes for the exact-match tables (empty for a family
+    /// that uses the trie, see `SlotConfig::lens_v4_count`).
+    pub ex4: HashMap<ExactKey4, Identity>,
+    pub ex6: HashMap<ExactKey6, Identity>,
     pub rules: HashMap<RuleKey, RuleValue>,
     /// Port class by `block * 65536 + port`.
     pub ports: Vec<u16>,
     pub config: SlotConfig,
 }
 
+/// The prefix lengths of one family, longest first, or `LENS_USE_LPM`
+/// when the exact-match tables would not be the faster (or would not fit).
+fn lens<K>(table: &HashMap<(u32, K), Identity>) -> (u8, [u8; MAX_EXACT_LENS]) {
+    let mut lens: Vec<u32> = table.keys().map(|(len, _)| *len).collect();
+    lens.sort_unstable_by(|a, b| b.cmp(a));
+    lens.dedup();
+    let mut out = [0u8; MAX_EXACT_LENS];
+    if lens.len() > MAX_EXACT_LENS || table.len() > MAX_EXACT_PREFIXES as usize {
+        return (LENS_USE_LPM, out);
+    }
+    for (i, l) in lens.iter().enumerate() {
+        out[i] = *l as u8;
+    }
+    (lens.len() as u8, out)
+}
+
 impl SlotContents {
-    pub fn from_compiled(c: &Compiled, config: SlotConfig) -> Self {
+    /// What a slot holds for a compiled policy. `config` gets the prefix
+    /// lengths of the exact-match tables.
+    pub fn from_compiled(c: &Compiled, mut config: SlotConfig) -> Self {
         let mut v4 = HashMap::new();
         let mut v6 = HashMap::new();
         for (p, id) in c.prefixes.entries() {
             insert_prefix(&mut v4, &mut v6, p, *id);
         }
+        (config.lens_v4_count, config.lens_v4) = lens(&v4);
+        (config.lens_v6_count, config.lens_v6) = lens(&v6);
+        let ex4 = if config.lens_v4_count == LENS_USE_LPM {
+            HashMap::new()
+        } else {
+            v4.iter()
+                .map(|((len, addr), id)| {
+                    (
+                        ExactKey4 {
+                            len: *len,
+                            addr: *addr,
+                        },
+                        *id,
+                    )
+                })
+                .collect()
+        };
+        let ex6 = if config.lens_v6_count == LENS_USE_LPM {
+            HashMap::new()
+        } else {
+            v6.iter()
+                .map(|((len, addr), id)| {
+                    (
+                        ExactKey6 {
+                            len: *len,
+                            addr: *addr,
+                        },
+                        *id,
+                    )
+                })
+                .collect()
+        };
         let mut ports = vec![0u16; PORT_CLASS_ENTRIES as usize];
         for (block, table) in c.ports.iter().enumerate() {
             for &(lo, hi, class) in &table.intervals {
@@ -53,6 +107,8 @@ impl SlotContents {
         Self {
             v4,
             v6,
+            ex4,
+            ex6,
             rules: c.rules.iter().map(|(k, v)| (*k, *v)).collect(),
             ports,
             config,
@@ -164,6 +220,8 @@ use std::os::fd::AsFd;
 pub struct PolicyMaps {
     id4: [LpmTrie<MapData, Ipv4Addr, Identity>; 2],
     id6: [LpmTrie<MapData, Ipv6Addr, Identity>; 2],
+    ex4: [BpfHashMap<MapData, ExactKey4, Identity>; 2],
+    ex6: [BpfHashMap<MapData, ExactKey6, Identity>; 2],
     rules: [BpfHashMap<MapData, RuleKey, RuleValue>; 2],
     hits: [PerCpuHashMap<MapData, u32, u64>; 2],
     ports: [MappedArray; 2],
@@ -181,6 +239,14 @@ impl PolicyMaps {
             id6: [
                 open_map(paths, map_names::IDENTITY_V6[0])?,
                 open_map(paths, map_names::IDENTITY_V6[1])?,
+            ],
+            ex4: [
+                open_map(paths, map_names::EXACT_V4[0])?,
+                open_map(paths, map_names::EXACT_V4[1])?,
+            ],
+            ex6: [
+                open_map(paths, map_names::EXACT_V6[0])?,
+                open_map(paths, map_names::EXACT_V6[1])?,
             ],
             rules: [
                 open_map(paths, map_names::RULES[0])?,
@@ -223,6 +289,14 @@ impl PolicyMaps {
         for kv in self.id6[s].iter() {
             let (k, v) = kv?;
             c.v6.insert((k.prefix_len(), k.data()), v);
+        }
+        for kv in self.ex4[s].iter() {
+            let (k, v) = kv?;
+            c.ex4.insert(k, v);
+        }
+        for kv in self.ex6[s].iter() {
+            let (k, v) = kv?;
+            c.ex6.insert(k, v);
         }
         for kv in self.rules[s].iter() {
             let (k, v) = kv?;
@@ -271,6 +345,30 @@ impl PolicyMaps {
             self.id6[s]
                 .insert(&Key::new(k.0, k.1), v, 0)
                 .context("writing an IPv6 prefix")?;
+            stats.written += 1;
+        }
+        for k in old.ex4.keys().filter(|k| !new.ex4.contains_key(k)) {
+            self.ex4[s]
+                .remove(k)
+                .context("removing an exact IPv4 prefix")?;
+            stats.removed += 1;
+        }
+        for (k, v) in new.ex4.iter().filter(|(k, v)| old.ex4.get(k) != Some(v)) {
+            self.ex4[s]
+                .insert(k, v, 0)
+                .context("writing an exact IPv4 prefix")?;
+            stats.written += 1;
+        }
+        for k in old.ex6.keys().filter(|k| !new.ex6.contains_key(k)) {
+            self.ex6[s]
+                .remove(k)
+                .context("removing an exact IPv6 prefix")?;
+            stats.removed += 1;
+        }
+        for (k, v) in new.ex6.iter().filter(|(k, v)| old.ex6.get(k) != Some(v)) {
+            self.ex6[s]
+                .insert(k, v, 0)
+                .context("writing an exact IPv6 prefix")?;
             stats.written += 1;
         }
         // Rules.

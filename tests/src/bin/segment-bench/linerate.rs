@@ -1,0 +1,453 @@
+//! Drop rate on a real interface. A generator in one namespace sends
+//! denied UDP traffic from 16,384 source addresses and random ports into a
+//! veth pair with BPF_PROG_TEST_RUN in live-frames mode (the xdp-trafficgen
+//! technique); the receiving end runs, in turn, a trivial XDP_DROP (the
+//! limit), segment with each policy size, nftables and iptables. Method:
+//!
+//! * every variant keeps an XDP program on the receiving veth (veth only
+//!   delivers XDP_TX'd frames to an XDP-enabled peer; it also gives every
+//!   variant the same packet accounting): segment itself, or a counting
+//!   XDP_PASS in front of nftables or iptables;
+//! * threaded NAPI on the receiver, its kernel thread pinned to CPU 1 and the
+//!   generator to CPU 0, so that sender and receiver do not share a core;
+//! * what is counted is what the receiver processed (its own drop
+//!   counters), not what the generator offered; the generator must out-run
+//!   the receiver by 20 % for a result to count as receiver-bound.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
+
+use segment_tests::{
+    agent::Agent,
+    bpfasm,
+    frames::{L4, Packet, ethernet},
+    netns::{Netns, sh},
+};
+
+use crate::synth;
+
+const RX_IF: &str = "rx0";
+const GEN_IF: &str = "gen0";
+
+pub struct Lab {
+    pub sender: Netns,
+    pub rx: Netns,
+    frame: Vec<u8>,
+    gen_ifindex: u32,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub processed: u64,
+    pub sent: u64,
+    pub seconds: f64,
+    /// Receiver CPU time per processed packet, if the NAPI thread was found.
+    pub cpu_ns_per_packet: Option<f64>,
+}
+
+impl Sample {
+    pub fn mpps(&self) -> f64 {
+        self.processed as f64 / self.seconds / 1e6
+    }
+    pub fn offered_mpps(&self) -> f64 {
+        self.sent as f64 / self.seconds / 1e6
+    }
+}
+
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The receiver's NAPI kernel thread, pinned to `cpu`.
+fn pin_napi(cpu: usize) -> Option<i32> {
+    let mut found = None;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim().starts_with(&format!("napi/{RX_IF}-")) {
+            // SAFETY: a zeroed cpu_set_t with one CPU set, for that thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            found = Some(pid);
+        }
+    }
+    found
+}
+
+/// utime + stime of a thread, in nanoseconds.
+fn cpu_ns(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Some((utime + stime) * 1_000_000_000 / hz.max(1))
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        segment_tests::netns::sweep_stale();
+        let sender = Netns::new("gen");
+        let rx = Netns::new("rx");
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            GEN_IF,
+            "netns",
+            sender.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            RX_IF,
+            "netns",
+            rx.name(),
+        ]);
+        sender.ip(&["addr", "add", "10.30.0.2/24", "dev", GEN_IF]);
+        rx.ip(&["addr", "add", "10.30.0.1/24", "dev", RX_IF]);
+        sender.ip(&["link", "set", GEN_IF, "up"]);
+        rx.ip(&["link", "set", RX_IF, "up"]);
+        // Threaded NAPI: the receive work runs in a kernel thread we can pin.
+        // veth has NAPI instances only with GRO or XDP on; GRO makes them
+        // exist now, and the flag also applies to those XDP re-creates.
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            rx.name(),
+            "ethtool",
+            "-K",
+            RX_IF,
+            "gro",
+            "on",
+        ]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            rx.name(),
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{RX_IF}/threaded"),
+        ]);
+        let rx_mac = rx.mac(RX_IF);
+        let gen_mac = sender.mac(GEN_IF);
+        let mut p = Packet::new(
+            std::net::IpAddr::V4(Ipv4Addr::new(10, 20, 1, 0)),
+            std::net::IpAddr::V4(Ipv4Addr::new(10, 30, 0, 1)),
+            L4::Udp { sport: 1, dport: 9 },
+        );
+        p.ident = 0x8000;
+        p.payload = vec![0; 18];
+        let mut ip = p.ip();
+        // UDP checksum 0 (none): the generator rewrites the ports.
+        ip[26] = 0;
+        ip[27] = 0;
+        let frame = ethernet(rx_mac, gen_mac, &[], &ip);
+        let gen_ifindex = sender.ifindex(GEN_IF);
+        Self {
+            sender,
+            rx,
+            frame,
+            gen_ifindex,
+        }
+    }
+
+    /// Sends for `seconds` from CPU 0; returns frames handed to the wire.
+    fn generate(&self, seconds: f64, repeat: u32) -> (u64, f64) {
+        let frame = self.frame.clone();
+        let ifindex = self.gen_ifindex;
+        self.sender.run(move || {
+            pin_current_thread(0);
+            let prog = bpfasm::udp_generator();
+            // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+            let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+            let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while started.elapsed().as_secs_f64() < seconds {
+                bpfasm::test_run(
+                    &prog,
+                    &frame,
+                    Some(&ctx),
+                    repeat,
+                    bpfasm::BPF_F_TEST_XDP_LIVE_FRAMES,
+                    64,
+                )
+                .expect("live frames test run");
+                sent += u64::from(repeat);
+            }
+            (sent, started.elapsed().as_secs_f64())
+        })
+    }
+
+    /// Runs the generator against whatever is attached and counts what the
+    /// receiver processed with `count`.
+    pub fn measure(&self, seconds: f64, repeat: u32, count: &dyn Fn() -> u64) -> Sample {
+        let napi = pin_napi(1);
+        let before = count();
+        let cpu_before = napi.and_then(cpu_ns);
+        let (sent, elapsed) = self.generate(seconds, repeat);
+        // Let the receiver drain its queue.
+        std::thread::sleep(Duration::from_millis(100));
+        let processed = count() - before;
+        let cpu = match (napi.and_then(cpu_ns), cpu_before) {
+            (Some(a), Some(b)) if processed > 0 => Some((a - b) as f64 / processed as f64),
+            _ => None,
+        };
+        Sample {
+            processed,
+            sent,
+            seconds: elapsed,
+            cpu_ns_per_packet: cpu,
+        }
+    }
+
+    fn attach_counting(&self, action: i32) -> (OwnedFd, OwnedFd) {
+        let ifindex = self.rx.ifindex(RX_IF);
+        self.rx.run(move || {
+            let counters = bpfasm::percpu_counters(1);
+            let prog = bpfasm::counting_xdp(&counters, action);
+            let link = bpfasm::link(&prog, ifindex, bpfasm::BPF_XDP, bpfasm::XDP_FLAGS_DRV_MODE);
+            (counters, link)
+        })
+    }
+}
+
+/// What a variant measures with, and how it is torn down.
+pub enum Variant {
+    Limit,
+    Segment(usize),
+    NftSets(usize),
+    NftLinear(usize),
+    IptablesSet(usize),
+    IptablesLinear(usize),
+}
+
+impl Variant {
+    pub fn name(&self) -> String {
+        match self {
+            Variant::Limit => "xdp_drop".into(),
+            Variant::Segment(n) => format!("segment/{n}"),
+            Variant::NftSets(n) => format!("nft_sets/{n}"),
+            Variant::NftLinear(n) => format!("nft_linear/{n}"),
+            Variant::IptablesSet(n) => format!("iptables_ipset/{n}"),
+            Variant::IptablesLinear(n) => format!("iptables_linear/{n}"),
+        }
+    }
+}
+
+fn nft_drop_count(rx: &Netns, chain: &str) -> u64 {
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        rx.name(),
+        "nft",
+        "-j",
+        "list",
+        "chain",
+        "netdev",
+        "segbench",
+        chain,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.get("rule"))
+        .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
+        .sum()
+}
+
+fn iptables_drop_count(rx: &Netns) -> u64 {
+    let out = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        rx.name(),
+        "iptables-legacy",
+        "-t",
+        "raw",
+        "-L",
+        "PREROUTING",
+        "-v",
+        "-x",
+        "-n",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("DROP"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Sets a variant up, measures it `runs` times, tears it down.
+pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u32) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    match v {
+        Variant::Limit => {
+            let (counters, _link) = lab.attach_counting(bpfasm::XDP_DROP);
+            for _ in 0..runs {
+                samples.push(lab.measure(seconds, repeat, &|| bpfasm::read_counter(&counters, 0)));
+            }
+        }
+        Variant::Segment(n) => {
+            let s = synth::policy(*n, 0);
+            let agent = Agent::start(
+                &lab.rx,
+                &s.yaml,
+                &[RX_IF.to_owned()],
+                &["--metrics-addr", "none"],
+            );
+            let dropped = || {
+                let st = agent.stats();
+                st["reasons"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["reason"] == "drop_no_rule" && r["hook"] == "ingress")
+                    .filter_map(|r| r["packets"].as_u64())
+                    .sum::<u64>()
+            };
+            for _ in 0..runs {
+                samples.push(lab.measure(seconds, repeat, &dropped));
+            }
+        }
+        Variant::NftSets(n) | Variant::NftLinear(n) => {
+            let s = synth::policy(*n, 0);
+            let (_counters, _link) = lab.attach_counting(bpfasm::XDP_PASS);
+            let rules = match v {
+                Variant::NftSets(_) => synth::nft_sets(&s, RX_IF),
+                _ => synth::nft_linear(&s, RX_IF),
+            };
+            let file = std::env::temp_dir().join(format!("segbench-{}.nft", std::process::id()));
+            std::fs::write(&file, rules).expect("nft file");
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                lab.rx.name(),
+                "nft",
+                "-f",
+                file.to_str().unwrap(),
+            ]);
+            let chain = if matches!(v, Variant::NftSets(_)) {
+                "v4"
+            } else {
+                "ingress"
+            };
+            for _ in 0..runs {
+                samples.push(lab.measure(seconds, repeat, &|| nft_drop_count(&lab.rx, chain)));
+            }
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                lab.rx.name(),
+                "nft",
+                "delete",
+                "table",
+                "netdev",
+                "segbench",
+            ]);
+            let _ = std::fs::remove_file(file);
+        }
+        Variant::IptablesSet(n) | Variant::IptablesLinear(n) => {
+            let s = synth::policy(*n, 0);
+            let (_counters, _link) = lab.attach_counting(bpfasm::XDP_PASS);
+            let dir = std::env::temp_dir();
+            let rules = dir.join(format!("segbench-{}.ipt", std::process::id()));
+            if matches!(v, Variant::IptablesSet(_)) {
+                let set = dir.join(format!("segbench-{}.ipset", std::process::id()));
+                std::fs::write(&set, synth::ipset_restore(&s)).expect("ipset file");
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.rx.name(),
+                    "sh",
+                    "-c",
+                    &format!("ipset restore < {}", set.display()),
+                ]);
+                std::fs::write(&rules, synth::iptables_set()).expect("iptables file");
+                let _ = std::fs::remove_file(set);
+            } else {
+                std::fs::write(&rules, synth::iptables_linear(&s)).expect("iptables file");
+            }
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                lab.rx.name(),
+                "sh",
+                "-c",
+                &format!("iptables-legacy-restore < {}", rules.display()),
+            ]);
+            for _ in 0..runs {
+                samples.push(lab.measure(seconds, repeat, &|| iptables_drop_count(&lab.rx)));
+            }
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                lab.rx.name(),
+                "iptables-legacy",
+                "-t",
+                "raw",
+                "-F",
+            ]);
+            if matches!(v, Variant::IptablesSet(_)) {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.rx.name(),
+                    "ipset",
+                    "destroy",
+                    "segbench",
+                ]);
+            }
+            let _ = std::fs::remove_file(rules);
+        }
+    }
+    samples
+}
+
+/// Median, min, max of the rates (Mpps), and the medians of the other figures.
+pub fn summarize(samples: &[Sample]) -> BTreeMap<&'static str, f64> {
+    let mut rates: Vec<f64> = samples.iter().map(Sample::mpps).collect();
+    rates.sort_by(f64::total_cmp);
+    let mut offered: Vec<f64> = samples.iter().map(Sample::offered_mpps).collect();
+    offered.sort_by(f64::total_cmp);
+    let mut cpu: Vec<f64> = samples.iter().filter_map(|s| s.cpu_ns_per_packet).collect();
+    cpu.sort_by(f64::total_cmp);
+    let mut m = BTreeMap::new();
+    m.insert("median_mpps", rates[rates.len() / 2]);
+    m.insert("min_mpps", rates[0]);
+    m.insert("max_mpps", rates[rates.len() - 1]);
+    m.insert("offered_mpps", offered[offered.len() / 2]);
+    if !cpu.is_empty() {
+        m.insert("rx_cpu_ns_per_packet", cpu[cpu.len() / 2]);
+    }
+    m
+}
