@@ -67,12 +67,24 @@ pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
             modes: Default::default(),
         }
     } else {
-        match serde_saphyr::from_str(text) {
+        match serde_saphyr::from_str_with_options(text, yaml_options()) {
             Ok(raw) => raw,
             Err(e) => return Err(PolicyError::new(source.clone(), vec![yaml_error(&e)])),
         }
     };
     validate::validate(&source, raw).map_err(|d| PolicyError::new(source, d))
+}
+
+/// YAML limits: the defaults (250,000 nodes) would refuse policies of a few
+/// tens of thousands of rules. The limits against alias bombs and deep
+/// nesting stay as they are.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 50_000_000;
+    budget.max_nodes = 25_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
 }
 
 /// Turns a YAML-layer error into a diagnostic, adding a "did you mean" to
@@ -131,6 +143,11 @@ fn yaml_error(e: &serde_saphyr::Error) -> Diagnostic {
         d.help = Some(
             "write `key: value` lines (see docs/policy.md for the keys of each section)".to_owned(),
         );
+    } else if msg.contains("budget breached") {
+        d.message = "the policy file is too large for the YAML reader".to_owned();
+        d.help = Some(format!(
+            "({msg}) split it, or use tags and groups so that fewer entries are needed"
+        ));
     } else if msg.contains("invalid type") {
         d.help = Some("check the shape of this value against docs/policy.md".to_owned());
     }

@@ -212,3 +212,20 @@ proptest! {
         let _ = parse("fuzz.yaml", &text);
     }
 }
+
+#[test]
+fn large_policies_are_not_refused_by_the_yaml_reader() {
+    // 40,000 rules are about 360,000 YAML nodes, over serde-saphyr's
+    // default budget of 250,000.
+    let mut y = String::from("acls:\n");
+    for i in 0..40_000u32 {
+        y.push_str(&format!(
+            "  - action: accept\n    src: [{}]\n    dst: [\"{}:{}\"]\n    proto: tcp\n",
+            std::net::Ipv4Addr::from(0x0a00_0000 + i),
+            std::net::Ipv4Addr::from(0xac10_0000 + i),
+            1000 + i % 1000
+        ));
+    }
+    let p = parse("big.yaml", &y).unwrap_or_else(|e| panic!("{}", e.summary()));
+    assert_eq!(p.rules.len(), 40_000);
+}

@@ -114,6 +114,12 @@ pub fn run(sizes: &[usize], quick: bool) -> ProgRun {
         out.parse_ms.insert(size, (t1 - t0).as_secs_f64() * 1e3);
         out.compile_ms.insert(size, (t2 - t1).as_secs_f64() * 1e3);
         out.load_ms.insert(size, (t3 - t2).as_secs_f64() * 1e3);
+        eprintln!(
+            "  policy {size:>6} rules: parse {:.1} ms, compile {:.1} ms, load {:.1} ms",
+            (t1 - t0).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3,
+            (t3 - t2).as_secs_f64() * 1e3
+        );
 
         let prog: &mut Xdp = ebpf
             .program_mut(map_names::PROG_INGRESS)
