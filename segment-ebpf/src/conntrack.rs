@@ -224,12 +224,41 @@ pub fn is_related(family: u8, q: &crate::parse::Quoted, now: u64) -> bool {
     }
 }
 
+/// Whether an admitted opener that skipped the lookup (see
+/// [`needs_no_lookup`]) belongs to a live flow its sender started: a
+/// retransmitted SYN, or a routed SYN meeting its second hook. That flow's
+/// entry stays as it is — overwriting it would reset its state and record
+/// the wrong hook, and a flow admitted on an enforced hook would then look
+/// unenforced to the flush after a policy change. Only admitted openers pay
+/// for this lookup; a flood of denied SYNs does not.
+#[inline(always)]
+fn keeps_flow(key: &CtKey, from_a: bool, proto: u8, now: u64) -> bool {
+    let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: pointer from a successful lookup, valid for this program run.
+    let ct = unsafe { &mut *ct };
+    let flags = ct.flags;
+    let closing =
+        flags & CT_F_RST != 0 || flags & (CT_F_FIN_A | CT_F_FIN_B) == CT_F_FIN_A | CT_F_FIN_B;
+    let keep = (flags & CT_F_INITIATOR_A != 0) == from_a
+        && !(proto == IPPROTO_TCP && closing)
+        && now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(proto, flags);
+    if keep {
+        ct.last_seen_ns = now;
+    }
+    keep
+}
+
 /// Records a flow the policy admitted (or that passed unjudged/audited).
 #[inline(always)]
 pub fn open(pkt: &Packet, now: u64, src_id: u32, dst_id: u32, rule: u32, extra_flags: u32) {
     let (key, from_a) = flow_key(
         pkt.family, pkt.proto, &pkt.src, pkt.sport, &pkt.dst, pkt.dport,
     );
+    if needs_no_lookup(pkt) && keeps_flow(&key, from_a, pkt.proto, now) {
+        return;
+    }
     let value = CtValue {
         last_seen_ns: now,
         created_ns: now,

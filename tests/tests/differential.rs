@@ -20,11 +20,14 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use segment::{
-    datapath::{Enforcer, Paths, loader, tables::open_map},
+    datapath::{
+        Enforcer, Paths, loader,
+        tables::{SlotContents, open_map},
+    },
     eval::first_match,
     policy::{self, Mode, Policy},
 };
-use segment_common::{CtKey, CtValue, FragKey, FragValue, map_names};
+use segment_common::{CtKey, CtValue, FragKey, FragValue, LENS_USE_LPM, SlotConfig, map_names};
 use segment_tests::{
     agent::Dirs,
     frames::{ACK, FIN, L4, PSH, Packet, RST, SYN, TPID_8021AD, TPID_8021Q, ethernet},
@@ -63,14 +66,18 @@ fn v6(host: u128) -> Ipv6Addr {
     Ipv6Addr::from((0xfd00u128 << 112) | host)
 }
 
-fn prefix(r: &mut Rng) -> String {
-    if r.chance(75) {
-        let len = 27 + r.below(6) as u8;
+/// A random network. `wide` policies draw from 15 prefix lengths per
+/// family, more than the exact-match tables take, so the datapath answers
+/// them from the LPM tries; the others from the exact-match tables.
+fn prefix(r: &mut Rng, wide: bool) -> String {
+    let spread = if wide { 15 } else { 6 };
+    if r.chance(if wide { 50 } else { 75 }) {
+        let len = 33 - spread as u8 + r.below(spread) as u8;
         let host = r.below(32) as u32;
         let net = ipnet_trunc_v4(host, len);
         format!("{}/{}", v4(net), len)
     } else {
-        let len = 123 + r.below(6) as u8;
+        let len = 129 - spread as u8 + r.below(spread) as u8;
         let host = r.below(32) as u128;
         let mask = if len == 128 {
             u128::MAX
@@ -116,6 +123,7 @@ fn random_policy(r: &mut Rng) -> String {
     let n_tags = 1 + r.below(5);
     let n_users = r.below(3);
     let n_hosts = r.below(3);
+    let wide = r.chance(35);
     let mut y = String::new();
     if r.chance(15) {
         y.push_str("mode: audit\n");
@@ -126,7 +134,9 @@ fn random_policy(r: &mut Rng) -> String {
     let mut selectors = vec!["\"*\"".to_owned()];
     y.push_str("tags:\n");
     for t in 0..n_tags {
-        let members: Vec<String> = (0..r.below(4)).map(|_| prefix(r)).collect();
+        let members: Vec<String> = (0..r.below(if wide { 12 } else { 4 }))
+            .map(|_| prefix(r, wide))
+            .collect();
         y.push_str(&format!("  t{t}: [{}]\n", members.join(", ")));
         selectors.push(format!("tag:t{t}"));
     }
@@ -150,7 +160,7 @@ fn random_policy(r: &mut Rng) -> String {
             selectors.push(format!("h{h}"));
         }
     }
-    selectors.push(prefix(r));
+    selectors.push(prefix(r, wide));
     if r.chance(25) {
         y.push_str(&format!(
             "modes:\n  tag:t0: {}\n",
@@ -201,11 +211,33 @@ fn random_policy(r: &mut Rng) -> String {
     }
     y.push_str("acls:\n");
     let n_rules = r.below(7);
-    if n_rules == 0 {
+    if n_rules == 0 && !wide {
         y.push_str("  []\n");
     }
     for _ in 0..n_rules {
         rule(r, &mut y, true);
+    }
+    if wide {
+        // Networks of ten lengths per family in one rule, so that the
+        // policy needs more lengths than the exact-match tables take.
+        let nets: Vec<String> = (0..10u8)
+            .flat_map(|i| {
+                let host4 = r.below(64) as u32;
+                let host6 = r.below(64) as u128;
+                let (l4, l6) = (22 + i, 118 + i);
+                let mask6 = !((1u128 << (128 - l6)) - 1);
+                [
+                    format!("{}/{l4}", v4(ipnet_trunc_v4(host4, l4))),
+                    format!("\"{}/{l6}\"", v6(host6 & mask6)),
+                ]
+            })
+            .collect();
+        y.push_str(&format!(
+            "  - action: accept\n    src: [{}]\n    dst: [\"{}:{}\"]\n",
+            nets.join(", "),
+            r.pick(&selectors).trim_matches('"'),
+            ports(r)
+        ));
     }
     y
 }
@@ -378,7 +410,12 @@ impl Model {
             Hook::Egress => p.enforce.egress,
         };
         let open = |m: &mut Model| {
-            if is_opener(c) {
+            // An opener judged by the policy within a live flow its sender
+            // started (a retransmission) leaves the flow's state alone.
+            let live = m.ct.get(&key).is_some_and(|ct| {
+                ct.initiator_a == from_a && !(c.proto == 6 && (ct.rst || (ct.fin_a && ct.fin_b)))
+            });
+            if is_opener(c) && !live {
                 m.ct.insert(
                     key,
                     Ct {
@@ -703,6 +740,9 @@ fn datapath_agrees_with_the_reference_on_100k_random_packets() {
         .unwrap_or(0x5e67_2026u64);
     let mut r = Rng(seed);
     let (mut total, mut mismatches) = (0usize, Vec::new());
+    // Policies whose IPv4 / IPv6 identities the datapath reads from the
+    // LPM trie rather than the exact-match tables.
+    let mut lpm_rounds = [0usize; 2];
     let policies = 250;
     let per_policy = 440;
     for round in 0..policies {
@@ -710,6 +750,15 @@ fn datapath_agrees_with_the_reference_on_100k_random_packets() {
         let policy = policy::parse("random.yaml", &yaml)
             .unwrap_or_else(|e| panic!("generated an invalid policy:\n{yaml}\n{e}"));
         let (compiled, ids) = enforcer.compile(&policy).expect("compile");
+        let layout = SlotContents::from_compiled(&compiled, SlotConfig::default()).config;
+        for (family, count) in [layout.lens_v4_count, layout.lens_v6_count]
+            .into_iter()
+            .enumerate()
+        {
+            if count == LENS_USE_LPM {
+                lpm_rounds[family] += 1;
+            }
+        }
         enforcer
             .apply(&policy, compiled, ids, Default::default())
             .expect("apply");
@@ -767,6 +816,13 @@ fn datapath_agrees_with_the_reference_on_100k_random_packets() {
         }
     }
     assert!(total >= 100_000, "ran {total} packets");
+    // Both lookups, in both families, and reloads between them, were tried.
+    for (family, n) in ["IPv4", "IPv6"].iter().zip(lpm_rounds) {
+        assert!(
+            n >= 10 && n <= policies - 10,
+            "{family}: {n} of {policies} policies used the LPM trie"
+        );
+    }
     assert!(
         mismatches.is_empty(),
         "{} mismatches (seed {seed:#x}):\n{}",
@@ -774,6 +830,8 @@ fn datapath_agrees_with_the_reference_on_100k_random_packets() {
         mismatches.join("\n\n")
     );
     eprintln!(
-        "{total} packets over {policies} random policies: datapath == reference (seed {seed:#x})"
+        "{total} packets over {policies} random policies: datapath == reference (seed {seed:#x}; \
+         {} / {} policies used the IPv4 / IPv6 LPM trie, the rest exact-match tables)",
+        lpm_rounds[0], lpm_rounds[1]
     );
 }

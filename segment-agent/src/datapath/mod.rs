@@ -2,6 +2,7 @@
 //! their maps, read counters. Kept thin; every decision about what to write
 //! is made by the pure modules ([`crate::compile`]).
 
+pub mod batch;
 pub mod counters;
 pub mod flowlog;
 pub mod flush;

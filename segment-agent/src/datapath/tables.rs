@@ -10,28 +10,40 @@
 //! read back from the kernel when a new agent adopts the maps) are compared
 //! with the new tables, and only changed entries cost a syscall.
 
-use std::{collections::HashMap, os::fd::AsRawFd};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, AsRawFd},
+};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{
-    Array, HashMap as BpfHashMap, Map, MapData, PerCpuHashMap,
-    lpm_trie::{Key, LpmTrie},
+use aya::{
+    Pod,
+    maps::{
+        Array, HashMap as BpfHashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use segment_common::{
     ExactKey4, ExactKey6, GlobalConfig, Identity, Ipv4Addr, Ipv6Addr, LENS_USE_LPM, MAX_EXACT_LENS,
     MAX_EXACT_PREFIXES, PORT_CLASS_ENTRIES, RuleKey, RuleValue, SlotConfig, map_names,
 };
 
-use super::paths::Paths;
+use super::{
+    batch::{self, BatchError},
+    paths::Paths,
+};
 use crate::compile::{Compiled, Prefix};
 
 /// Everything one slot holds, in a form that can be compared.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotContents {
+    /// The LPM tries: filled only for a family the datapath looks up in
+    /// the trie (`SlotConfig::lens_v4_count == LENS_USE_LPM`); writing
+    /// them otherwise would double the cost of a load for nothing.
     pub v4: HashMap<(u32, Ipv4Addr), Identity>,
     pub v6: HashMap<(u32, Ipv6Addr), Identity>,
-    /// The same prefixes for the exact-match tables (empty for a family
-    /// that uses the trie, see `SlotConfig::lens_v4_count`).
+    /// The exact-match tables, for a family that uses them (empty
+    /// otherwise).
     pub ex4: HashMap<ExactKey4, Identity>,
     pub ex6: HashMap<ExactKey6, Identity>,
     pub rules: HashMap<RuleKey, RuleValue>,
@@ -70,31 +82,17 @@ impl SlotContents {
         let ex4 = if config.lens_v4_count == LENS_USE_LPM {
             HashMap::new()
         } else {
-            v4.iter()
-                .map(|((len, addr), id)| {
-                    (
-                        ExactKey4 {
-                            len: *len,
-                            addr: *addr,
-                        },
-                        *id,
-                    )
-                })
+            std::mem::take(&mut v4)
+                .into_iter()
+                .map(|((len, addr), id)| (ExactKey4 { len, addr }, id))
                 .collect()
         };
         let ex6 = if config.lens_v6_count == LENS_USE_LPM {
             HashMap::new()
         } else {
-            v6.iter()
-                .map(|((len, addr), id)| {
-                    (
-                        ExactKey6 {
-                            len: *len,
-                            addr: *addr,
-                        },
-                        *id,
-                    )
-                })
+            std::mem::take(&mut v6)
+                .into_iter()
+                .map(|((len, addr), id)| (ExactKey6 { len, addr }, id))
                 .collect()
         };
         let mut ports = vec![0u16; PORT_CLASS_ENTRIES as usize];
@@ -214,8 +212,6 @@ impl Drop for MappedArray {
     }
 }
 
-use std::os::fd::AsFd;
-
 /// The policy maps of both slots, opened from their pins.
 pub struct PolicyMaps {
     id4: [LpmTrie<MapData, Ipv4Addr, Identity>; 2],
@@ -322,70 +318,51 @@ impl PolicyMaps {
             bail!("refusing to write slot {slot}: the datapath is reading it");
         }
         let mut stats = WriteStats::default();
-        // Identities.
-        for (k, _) in old.v4.iter().filter(|(k, _)| !new.v4.contains_key(k)) {
-            self.id4[s]
-                .remove(&Key::new(k.0, k.1))
-                .context("removing an IPv4 prefix")?;
-            stats.removed += 1;
-        }
-        for (k, v) in new.v4.iter().filter(|(k, v)| old.v4.get(k) != Some(v)) {
-            self.id4[s]
-                .insert(&Key::new(k.0, k.1), v, 0)
-                .context("writing an IPv4 prefix")?;
-            stats.written += 1;
-        }
-        for (k, _) in old.v6.iter().filter(|(k, _)| !new.v6.contains_key(k)) {
-            self.id6[s]
-                .remove(&Key::new(k.0, k.1))
-                .context("removing an IPv6 prefix")?;
-            stats.removed += 1;
-        }
-        for (k, v) in new.v6.iter().filter(|(k, v)| old.v6.get(k) != Some(v)) {
-            self.id6[s]
-                .insert(&Key::new(k.0, k.1), v, 0)
-                .context("writing an IPv6 prefix")?;
-            stats.written += 1;
-        }
-        for k in old.ex4.keys().filter(|k| !new.ex4.contains_key(k)) {
-            self.ex4[s]
-                .remove(k)
-                .context("removing an exact IPv4 prefix")?;
-            stats.removed += 1;
-        }
-        for (k, v) in new.ex4.iter().filter(|(k, v)| old.ex4.get(k) != Some(v)) {
-            self.ex4[s]
-                .insert(k, v, 0)
-                .context("writing an exact IPv4 prefix")?;
-            stats.written += 1;
-        }
-        for k in old.ex6.keys().filter(|k| !new.ex6.contains_key(k)) {
-            self.ex6[s]
-                .remove(k)
-                .context("removing an exact IPv6 prefix")?;
-            stats.removed += 1;
-        }
-        for (k, v) in new.ex6.iter().filter(|(k, v)| old.ex6.get(k) != Some(v)) {
-            self.ex6[s]
-                .insert(k, v, 0)
-                .context("writing an exact IPv6 prefix")?;
-            stats.written += 1;
-        }
-        // Rules.
-        for k in old.rules.keys().filter(|k| !new.rules.contains_key(k)) {
-            self.rules[s].remove(k).context("removing a rule entry")?;
-            stats.removed += 1;
-        }
-        for (k, v) in new
-            .rules
-            .iter()
-            .filter(|(k, v)| old.rules.get(k) != Some(v))
-        {
-            self.rules[s]
-                .insert(k, v, 0)
-                .context("writing a rule entry")?;
-            stats.written += 1;
-        }
+        let lpm4 = |k: &(u32, Ipv4Addr)| Key::new(k.0, k.1);
+        let lpm6 = |k: &(u32, Ipv6Addr)| Key::new(k.0, k.1);
+        let same = |k: &ExactKey4| *k;
+        let same6 = |k: &ExactKey6| *k;
+        let same_rule = |k: &RuleKey| *k;
+        sync(
+            &mut self.id4[s],
+            &old.v4,
+            &new.v4,
+            lpm4,
+            "IPv4 prefixes",
+            &mut stats,
+        )?;
+        sync(
+            &mut self.id6[s],
+            &old.v6,
+            &new.v6,
+            lpm6,
+            "IPv6 prefixes",
+            &mut stats,
+        )?;
+        sync(
+            &mut self.ex4[s],
+            &old.ex4,
+            &new.ex4,
+            same,
+            "exact IPv4 prefixes",
+            &mut stats,
+        )?;
+        sync(
+            &mut self.ex6[s],
+            &old.ex6,
+            &new.ex6,
+            same6,
+            "exact IPv6 prefixes",
+            &mut stats,
+        )?;
+        sync(
+            &mut self.rules[s],
+            &old.rules,
+            &new.rules,
+            same_rule,
+            "rule entries",
+            &mut stats,
+        )?;
         // Port classes, straight into the mapped array.
         for (i, (&o, &n)) in old.ports.iter().zip(&new.ports).enumerate() {
             if o != n {
@@ -411,8 +388,204 @@ impl PolicyMaps {
     }
 }
 
+/// One policy table as `sync` needs it: batches where the kernel has
+/// them, one-element calls where it does not.
+trait Table<K: Pod, V: Pod> {
+    fn put_batch(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchError>;
+    fn del_batch(&mut self, keys: &[K]) -> Result<(), BatchError>;
+    fn put(&mut self, key: &K, value: &V) -> Result<(), MapError>;
+    fn del(&mut self, key: &K) -> Result<(), MapError>;
+}
+
+impl<K: Pod, V: Pod> Table<K, V> for BpfHashMap<MapData, K, V> {
+    fn put_batch(&mut self, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+        batch::update(IterableMap::map(self).fd().as_fd(), keys, values)
+    }
+    fn del_batch(&mut self, keys: &[K]) -> Result<(), BatchError> {
+        batch::delete(IterableMap::map(self).fd().as_fd(), keys)
+    }
+    fn put(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, 0)
+    }
+    fn del(&mut self, key: &K) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+impl<K: Pod, V: Pod> Table<Key<K>, V> for LpmTrie<MapData, K, V> {
+    fn put_batch(&mut self, keys: &[Key<K>], values: &[V]) -> Result<(), BatchError> {
+        batch::update(IterableMap::map(self).fd().as_fd(), keys, values)
+    }
+    fn del_batch(&mut self, keys: &[Key<K>]) -> Result<(), BatchError> {
+        batch::delete(IterableMap::map(self).fd().as_fd(), keys)
+    }
+    fn put(&mut self, key: &Key<K>, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, 0)
+    }
+    fn del(&mut self, key: &Key<K>) -> Result<(), MapError> {
+        self.remove(key)
+    }
+}
+
+/// Makes `table` go from `old` to `new`: removals first (so a full table
+/// has room), then writes of what changed.
+fn sync<K, V, MK, T>(
+    table: &mut T,
+    old: &HashMap<K, V>,
+    new: &HashMap<K, V>,
+    map_key: impl Fn(&K) -> MK,
+    what: &str,
+    stats: &mut WriteStats,
+) -> Result<()>
+where
+    K: Eq + std::hash::Hash,
+    V: Pod + PartialEq,
+    MK: Pod,
+    T: Table<MK, V>,
+{
+    let gone: Vec<MK> = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .map(&map_key)
+        .collect();
+    match table.del_batch(&gone) {
+        Ok(()) => {}
+        Err(BatchError::Unsupported) => {
+            log::debug!("no batch deletes for the {what}: one call per element");
+            for k in &gone {
+                table
+                    .del(k)
+                    .with_context(|| format!("removing from the {what}"))?;
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("removing from the {what}")),
+    }
+    stats.removed += gone.len();
+    let (keys, values): (Vec<MK>, Vec<V>) = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (map_key(k), *v))
+        .unzip();
+    match table.put_batch(&keys, &values) {
+        Ok(()) => {}
+        Err(BatchError::Unsupported) => {
+            log::debug!("no batch updates for the {what}: one call per element");
+            for (k, v) in keys.iter().zip(&values) {
+                table
+                    .put(k, v)
+                    .with_context(|| format!("writing the {what}"))?;
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("writing the {what}")),
+    }
+    stats.written += keys.len();
+    Ok(())
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WriteStats {
     pub written: usize,
     pub removed: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table in memory that may refuse batches, as an old kernel does.
+    struct Fake {
+        batches: bool,
+        held: HashMap<u32, u64>,
+        calls: usize,
+    }
+
+    impl Table<u32, u64> for Fake {
+        fn put_batch(&mut self, keys: &[u32], values: &[u64]) -> Result<(), BatchError> {
+            if !self.batches {
+                return Err(BatchError::Unsupported);
+            }
+            self.calls += 1;
+            self.held
+                .extend(keys.iter().copied().zip(values.iter().copied()));
+            Ok(())
+        }
+        fn del_batch(&mut self, keys: &[u32]) -> Result<(), BatchError> {
+            if !self.batches {
+                return Err(BatchError::Unsupported);
+            }
+            self.calls += 1;
+            for k in keys {
+                if self.held.remove(k).is_none() {
+                    return Err(BatchError::Failed {
+                        done: 0,
+                        error: std::io::Error::from_raw_os_error(libc::ENOENT),
+                    });
+                }
+            }
+            Ok(())
+        }
+        fn put(&mut self, key: &u32, value: &u64) -> Result<(), MapError> {
+            self.calls += 1;
+            self.held.insert(*key, *value);
+            Ok(())
+        }
+        fn del(&mut self, key: &u32) -> Result<(), MapError> {
+            self.calls += 1;
+            match self.held.remove(key) {
+                Some(_) => Ok(()),
+                None => Err(MapError::KeyNotFound),
+            }
+        }
+    }
+
+    fn contents(pairs: &[(u32, u64)]) -> HashMap<u32, u64> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn sync_turns_old_into_new_with_and_without_batches() {
+        let old = contents(&[(1, 10), (2, 20), (3, 30)]);
+        let new = contents(&[(2, 20), (3, 31), (4, 40), (5, 50)]);
+        for batches in [true, false] {
+            let mut t = Fake {
+                batches,
+                held: old.clone(),
+                calls: 0,
+            };
+            let mut stats = WriteStats::default();
+            sync(&mut t, &old, &new, |k| *k, "test table", &mut stats).unwrap();
+            assert_eq!(t.held, new, "batches: {batches}");
+            // 1 removed; 3 changed or new; the unchanged entry is not rewritten.
+            assert_eq!((stats.removed, stats.written), (1, 3));
+            let expected_calls = if batches { 2 } else { 4 };
+            assert_eq!(t.calls, expected_calls, "batches: {batches}");
+        }
+    }
+
+    #[test]
+    fn sync_reports_which_table_failed() {
+        let old = contents(&[(1, 10)]);
+        let new = contents(&[]);
+        for batches in [true, false] {
+            // The kernel lost the entry we think it holds.
+            let mut t = Fake {
+                batches,
+                held: HashMap::new(),
+                calls: 0,
+            };
+            let err = sync(
+                &mut t,
+                &old,
+                &new,
+                |k| *k,
+                "rule entries",
+                &mut Default::default(),
+            )
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("removing from the rule entries"),
+                "{err:#}"
+            );
+        }
+    }
 }
