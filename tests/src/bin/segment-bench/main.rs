@@ -252,7 +252,17 @@ fn main() {
         "prog_cost_largest_vs_smallest": pr.ns["denied"][&largest] / pr.ns["denied"][&smallest],
         "compile_load_largest_ms": compile_load[&largest],
         "reload_p99_ms_at_10k": reload_p99,
-        "generator_outruns_receiver": summary.iter().all(|(_, m)| m["offered_mpps"] >= 1.2 * m["median_mpps"]),
+        // XDP_DROP keeps up with a one-CPU generator: its figure is then the
+        // generator's rate, a lower bound of the limit. Every other receiver
+        // must be the bottleneck for its figure to mean anything.
+        "generator_outruns_receiver": summary
+            .iter()
+            .filter(|(name, _)| name.as_str() != "xdp_drop")
+            .all(|(_, m)| m["offered_mpps"] >= 1.2 * m["median_mpps"]),
+        "limit_is_generator_bound": summary
+            .iter()
+            .filter(|(name, _)| name.as_str() == "xdp_drop")
+            .all(|(_, m)| m["offered_mpps"] < 1.2 * m["median_mpps"]),
     });
 
     let report = json!({
@@ -459,8 +469,16 @@ Absolute rates on this shared machine drift between runs; compare figures within
     );
     let _ = writeln!(
         md,
-        "| generator out-ran every receiver by ≥ 20 % | {} |",
+        "| generator out-ran every receiver but XDP_DROP by ≥ 20 % | {} |",
         t["generator_outruns_receiver"]
     );
+    if t["limit_is_generator_bound"] == true {
+        let _ = writeln!(
+            md,
+            "\nXDP_DROP received nearly all the generator sent: its rate is the \
+             generator's (one CPU), so the real limit is higher and segment's \
+             ratio to it lower than shown."
+        );
+    }
     md
 }
