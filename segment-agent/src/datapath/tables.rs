@@ -8,7 +8,8 @@
 //!
 //! Writes are diffs: the slot's previous contents (known to the agent, or
 //! read back from the kernel when a new agent adopts the maps) are compared
-//! with the new tables, and only changed entries cost a syscall.
+//! with the new tables, and only changed entries are written, many per
+//! syscall (see `batch`).
 
 use std::{
     collections::HashMap,
