@@ -56,6 +56,19 @@ pub struct Observation {
 
 type Key = (IpAddr, IpAddr, u8, u16);
 
+/// The aggregated map as the list an observation stores, in key order.
+fn flows_of(map: BTreeMap<Key, Seen>) -> Vec<ObservedFlow> {
+    map.into_iter()
+        .map(|((src, dst, proto, port), seen)| ObservedFlow {
+            src,
+            dst,
+            proto,
+            port,
+            seen,
+        })
+        .collect()
+}
+
 /// Accumulates records while observing.
 #[derive(Debug, Default)]
 pub struct Observer {
@@ -103,17 +116,7 @@ impl Observer {
 
     pub fn finish(self, seconds: f64, suppressed: u64) -> Observation {
         Observation {
-            flows: self
-                .map
-                .into_iter()
-                .map(|((src, dst, proto, port), seen)| ObservedFlow {
-                    src,
-                    dst,
-                    proto,
-                    port,
-                    seen,
-                })
-                .collect(),
+            flows: flows_of(self.map),
             seconds,
             suppressed,
         }
@@ -135,16 +138,7 @@ impl Observation {
             s.dropped += f.seen.dropped;
             s.would_drop += f.seen.would_drop;
         }
-        self.flows = map
-            .into_iter()
-            .map(|((src, dst, proto, port), seen)| ObservedFlow {
-                src,
-                dst,
-                proto,
-                port,
-                seen,
-            })
-            .collect();
+        self.flows = flows_of(map);
         self.seconds += other.seconds;
         self.suppressed += other.suppressed;
     }

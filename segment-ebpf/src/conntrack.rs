@@ -87,12 +87,17 @@ pub fn is_opener(pkt: &Packet) -> bool {
     }
 }
 
+/// A TCP flow reset, or finished in both directions.
+#[inline(always)]
+fn closing(flags: u32) -> bool {
+    flags & CT_F_RST != 0 || flags & (CT_F_FIN_A | CT_F_FIN_B) == CT_F_FIN_A | CT_F_FIN_B
+}
+
 #[inline(always)]
 fn timeout_ns(proto: u8, flags: u32) -> u64 {
     match proto {
         IPPROTO_TCP => {
-            if flags & CT_F_RST != 0 || flags & (CT_F_FIN_A | CT_F_FIN_B) == CT_F_FIN_A | CT_F_FIN_B
-            {
+            if closing(flags) {
                 CT_TIMEOUT_TCP_CLOSING_NS
             } else if flags & CT_F_REPLIED == 0 {
                 CT_TIMEOUT_TCP_SYN_NS
@@ -129,12 +134,9 @@ pub struct Tracked {
 /// same. Skipping the lookup spares a SYN flood one hash lookup per packet.
 #[inline(always)]
 pub fn needs_no_lookup(pkt: &Packet) -> bool {
-    match pkt.proto {
-        IPPROTO_TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN,
-        IPPROTO_ICMP => pkt.icmp_type == 8,
-        IPPROTO_ICMPV6 => pkt.icmp_type == 128,
-        _ => false,
-    }
+    // Any other protocol's "opener" is just its first packet, which may as
+    // well be a reply: those need the lookup.
+    matches!(pkt.proto, IPPROTO_TCP | IPPROTO_ICMP | IPPROTO_ICMPV6) && is_opener(pkt)
 }
 
 /// Looks the packet's flow up and, if the packet belongs to it, updates the
@@ -165,9 +167,7 @@ pub fn track(pkt: &Packet, now: u64, hook: u32, dry: bool) -> Option<Tracked> {
     let mut new_flags = flags;
     if pkt.proto == IPPROTO_TCP {
         let syn_only = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        let closing =
-            flags & CT_F_RST != 0 || flags & (CT_F_FIN_A | CT_F_FIN_B) == CT_F_FIN_A | CT_F_FIN_B;
-        if syn_only && (!from_initiator || closing) {
+        if syn_only && (!from_initiator || closing(flags)) {
             return None;
         }
         if pkt.tcp_flags & TCP_RST != 0 {
@@ -239,10 +239,8 @@ fn keeps_flow(key: &CtKey, from_a: bool, proto: u8, now: u64) -> bool {
     // SAFETY: pointer from a successful lookup, valid for this program run.
     let ct = unsafe { &mut *ct };
     let flags = ct.flags;
-    let closing =
-        flags & CT_F_RST != 0 || flags & (CT_F_FIN_A | CT_F_FIN_B) == CT_F_FIN_A | CT_F_FIN_B;
     let keep = (flags & CT_F_INITIATOR_A != 0) == from_a
-        && !(proto == IPPROTO_TCP && closing)
+        && !(proto == IPPROTO_TCP && closing(flags))
         && now.wrapping_sub(ct.last_seen_ns) <= timeout_ns(proto, flags);
     if keep {
         ct.last_seen_ns = now;

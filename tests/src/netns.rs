@@ -89,16 +89,15 @@ impl Netns {
         sh(&full)
     }
 
+    /// `ip netns exec <ns> args...`: a command run inside this namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
     pub fn sysctl(&self, key: &str, value: &str) {
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.name,
-            "sysctl",
-            "-qw",
-            &format!("{key}={value}"),
-        ]);
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
     }
 
     /// Runs `f` on a thread inside this namespace: sockets it opens live here.
@@ -166,6 +165,14 @@ impl Drop for Netns {
     }
 }
 
+/// Whether `name` is one of ours (`PREFIX-<pid>-...`) and its process is gone.
+fn left_by_dead_process(name: &str) -> bool {
+    name.strip_prefix(&format!("{PREFIX}-"))
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Deletes namespaces left by test processes that no longer exist.
 pub fn sweep_stale() {
     let Ok(entries) = std::fs::read_dir("/run/netns") else {
@@ -173,27 +180,14 @@ pub fn sweep_stale() {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if left_by_dead_process(&name) {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
     // Pin directories of dead test processes.
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            if left_by_dead_process(&e.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }

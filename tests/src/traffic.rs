@@ -18,6 +18,21 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::netns::Netns;
 
+/// How long an exchange the policy should drop is given before it counts
+/// as dropped.
+pub const SHORT: Duration = Duration::from_millis(800);
+/// How long an exchange the policy allows may take.
+pub const LONG: Duration = Duration::from_secs(3);
+
+pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+/// An address literal of a test.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
 /// A server thread that stops when dropped.
 pub struct Server {
     stop: Arc<AtomicBool>,

@@ -4,19 +4,15 @@
 //! datapath's own reason counters (so a frame the gateway's kernel would
 //! have discarded anyway still has to be judged right by segment).
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use segment_tests::{
     agent::Agent,
     frames::{ACK, FIN, L4, PSH, Packet, RST, SYN, TPID_8021AD, TPID_8021Q, URG, ethernet},
     lab::{Host, Lab},
     policies::LAB_POLICY,
-    traffic::RawLink,
+    traffic::{RawLink, ip},
 };
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 const ALICE: &str = "10.10.9.5";
 const CAROL: &str = "10.10.9.7";

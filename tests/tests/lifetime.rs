@@ -4,8 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
-    time::Duration,
+    net::{SocketAddr, TcpStream},
 };
 
 use segment_tests::{
@@ -13,15 +12,8 @@ use segment_tests::{
     lab::Lab,
     netns::Netns,
     policies::LAB_POLICY,
-    traffic::{Tcp, tcp_echo_server, tcp_exchange},
+    traffic::{LONG, SHORT, Tcp, sa, tcp_echo_server, tcp_exchange},
 };
-
-const SHORT: Duration = Duration::from_millis(800);
-const LONG: Duration = Duration::from_secs(3);
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
 
 /// XDP program ids attached to `iface` (from `ip -d link`).
 fn xdp_prog_ids(ns: &Netns, iface: &str) -> Vec<u32> {

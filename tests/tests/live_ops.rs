@@ -2,10 +2,7 @@
 //! and restart, commit-confirmed rollbacks, audit mode, and flushing the
 //! connections a new policy forbids.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use segment::{
     control::{Request, request},
@@ -15,15 +12,10 @@ use segment_tests::{
     agent::{Agent, command},
     lab::Lab,
     policies::LAB_POLICY,
-    traffic::{Probe, Stream, Tcp, UdpSink, tcp_echo_server, tcp_exchange, udp_send},
+    traffic::{
+        LONG, Probe, SHORT, Stream, Tcp, UdpSink, sa, tcp_echo_server, tcp_exchange, udp_send,
+    },
 };
-
-const SHORT: Duration = Duration::from_millis(800);
-const LONG: Duration = Duration::from_secs(3);
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
 
 fn paths(agent: &Agent) -> Paths {
     Paths::resolve(Some(agent.dirs.pin.clone()), Some(agent.dirs.state.clone()))

@@ -3,10 +3,7 @@
 //! conntrack), what it does not is dropped, in both IP versions, over VLANs
 //! and QinQ, and every drop is counted for its segments.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use segment_tests::{
     agent::Agent,
@@ -14,21 +11,11 @@ use segment_tests::{
     lab::Lab,
     policies::LAB_POLICY,
     traffic::{
-        RawLink, Tcp, ping, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange, udp_send,
+        LONG, RawLink, SHORT, Tcp, ip, ping, sa, tcp_echo_server, tcp_exchange, udp_echo_server,
+        udp_exchange, udp_send,
     },
     vlan::Trunk,
 };
-
-const SHORT: Duration = Duration::from_millis(800);
-const LONG: Duration = Duration::from_secs(3);
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 #[test]
 fn tcp_follows_the_policy_in_one_direction_only() {

@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::TcpStream,
     time::Duration,
 };
 
@@ -14,19 +14,11 @@ use segment_tests::{
     lab::Lab,
     netns::Netns,
     policies::LAB_POLICY,
-    traffic::{Tcp, ping, tcp_echo_server, tcp_exchange, udp_echo_server, udp_exchange, udp_send},
+    traffic::{
+        LONG, SHORT, Tcp, ip, ping, sa, tcp_echo_server, tcp_exchange, udp_echo_server,
+        udp_exchange, udp_send,
+    },
 };
-
-const SHORT: Duration = Duration::from_millis(800);
-const LONG: Duration = Duration::from_secs(3);
-
-fn sa(ip: IpAddr, port: u16) -> SocketAddr {
-    SocketAddr::new(ip, port)
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// GET /metrics from the agent's default address, inside its namespace.
 fn scrape(ns: &Netns) -> prometheus_parse::Scrape {

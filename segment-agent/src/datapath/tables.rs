@@ -319,50 +319,48 @@ impl PolicyMaps {
             bail!("refusing to write slot {slot}: the datapath is reading it");
         }
         let mut stats = WriteStats::default();
-        let lpm4 = |k: &(u32, Ipv4Addr)| Key::new(k.0, k.1);
-        let lpm6 = |k: &(u32, Ipv6Addr)| Key::new(k.0, k.1);
-        let same = |k: &ExactKey4| *k;
-        let same6 = |k: &ExactKey6| *k;
-        let same_rule = |k: &RuleKey| *k;
+        let st = &mut stats;
+        let v4_key = |k: &(u32, Ipv4Addr)| Key::new(k.0, k.1);
+        let v6_key = |k: &(u32, Ipv6Addr)| Key::new(k.0, k.1);
         sync(
             &mut self.id4[s],
             &old.v4,
             &new.v4,
-            lpm4,
+            v4_key,
             "IPv4 prefixes",
-            &mut stats,
+            st,
         )?;
         sync(
             &mut self.id6[s],
             &old.v6,
             &new.v6,
-            lpm6,
+            v6_key,
             "IPv6 prefixes",
-            &mut stats,
+            st,
         )?;
         sync(
             &mut self.ex4[s],
             &old.ex4,
             &new.ex4,
-            same,
+            |k| *k,
             "exact IPv4 prefixes",
-            &mut stats,
+            st,
         )?;
         sync(
             &mut self.ex6[s],
             &old.ex6,
             &new.ex6,
-            same6,
+            |k| *k,
             "exact IPv6 prefixes",
-            &mut stats,
+            st,
         )?;
         sync(
             &mut self.rules[s],
             &old.rules,
             &new.rules,
-            same_rule,
+            |k| *k,
             "rule entries",
-            &mut stats,
+            st,
         )?;
         // Port classes, straight into the mapped array.
         for (i, (&o, &n)) in old.ports.iter().zip(&new.ports).enumerate() {

@@ -127,22 +127,8 @@ impl Lab {
         // Threaded NAPI: the receive work runs in a kernel thread we can pin.
         // veth has NAPI instances only with GRO or XDP on; GRO makes them
         // exist now, and the flag also applies to those XDP re-creates.
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            rx.name(),
-            "ethtool",
-            "-K",
-            RX_IF,
-            "gro",
-            "on",
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            rx.name(),
+        rx.exec(&["ethtool", "-K", RX_IF, "gro", "on"]);
+        rx.exec(&[
             "sh",
             "-c",
             &format!("echo 1 > /sys/class/net/{RX_IF}/threaded"),
@@ -255,19 +241,7 @@ impl Variant {
 }
 
 fn nft_drop_count(rx: &Netns, chain: &str) -> u64 {
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        rx.name(),
-        "nft",
-        "-j",
-        "list",
-        "chain",
-        "netdev",
-        "segbench",
-        chain,
-    ]);
+    let out = rx.exec(&["nft", "-j", "list", "chain", "netdev", "segbench", chain]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     v["nftables"]
         .as_array()
@@ -280,11 +254,7 @@ fn nft_drop_count(rx: &Netns, chain: &str) -> u64 {
 }
 
 fn iptables_drop_count(rx: &Netns) -> u64 {
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        rx.name(),
+    let out = rx.exec(&[
         "iptables-legacy",
         "-t",
         "raw",
@@ -342,15 +312,7 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
             };
             let file = std::env::temp_dir().join(format!("segbench-{}.nft", std::process::id()));
             std::fs::write(&file, rules).expect("nft file");
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                lab.rx.name(),
-                "nft",
-                "-f",
-                file.to_str().unwrap(),
-            ]);
+            lab.rx.exec(&["nft", "-f", file.to_str().unwrap()]);
             let chain = if matches!(v, Variant::NftSets(_)) {
                 "v4"
             } else {
@@ -359,17 +321,8 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
             for _ in 0..runs {
                 samples.push(lab.measure(seconds, repeat, &|| nft_drop_count(&lab.rx, chain)));
             }
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                lab.rx.name(),
-                "nft",
-                "delete",
-                "table",
-                "netdev",
-                "segbench",
-            ]);
+            lab.rx
+                .exec(&["nft", "delete", "table", "netdev", "segbench"]);
             let _ = std::fs::remove_file(file);
         }
         Variant::IptablesSet(n) | Variant::IptablesLinear(n) => {
@@ -380,25 +333,14 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
             if matches!(v, Variant::IptablesSet(_)) {
                 let set = dir.join(format!("segbench-{}.ipset", std::process::id()));
                 std::fs::write(&set, synth::ipset_restore(&s)).expect("ipset file");
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    lab.rx.name(),
-                    "sh",
-                    "-c",
-                    &format!("ipset restore < {}", set.display()),
-                ]);
+                lab.rx
+                    .exec(&["sh", "-c", &format!("ipset restore < {}", set.display())]);
                 std::fs::write(&rules, synth::iptables_set()).expect("iptables file");
                 let _ = std::fs::remove_file(set);
             } else {
                 std::fs::write(&rules, synth::iptables_linear(&s)).expect("iptables file");
             }
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                lab.rx.name(),
+            lab.rx.exec(&[
                 "sh",
                 "-c",
                 &format!("iptables-legacy-restore < {}", rules.display()),
@@ -406,26 +348,9 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
             for _ in 0..runs {
                 samples.push(lab.measure(seconds, repeat, &|| iptables_drop_count(&lab.rx)));
             }
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                lab.rx.name(),
-                "iptables-legacy",
-                "-t",
-                "raw",
-                "-F",
-            ]);
+            lab.rx.exec(&["iptables-legacy", "-t", "raw", "-F"]);
             if matches!(v, Variant::IptablesSet(_)) {
-                sh(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    lab.rx.name(),
-                    "ipset",
-                    "destroy",
-                    "segbench",
-                ]);
+                lab.rx.exec(&["ipset", "destroy", "segbench"]);
             }
             let _ = std::fs::remove_file(rules);
         }

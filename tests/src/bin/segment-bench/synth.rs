@@ -106,32 +106,12 @@ pub fn nft_sets(s: &Synth, iface: &str) -> String {
         y,
         "  set allow4 {{ type ipv4_addr . ipv4_addr . inet_service; flags constant;"
     );
-    if !s.v4.is_empty() {
-        y.push_str("    elements = { ");
-        for (i, (a, b, p)) in s.v4.iter().enumerate() {
-            if i > 0 {
-                y.push_str(", ");
-            }
-            let _ = write!(y, "{a} . {b} . {p}");
-        }
-        y.push_str(" }\n");
-    }
-    y.push_str("  }\n");
+    set_elements(&mut y, &s.v4);
     let _ = writeln!(
         y,
         "  set allow6 {{ type ipv6_addr . ipv6_addr . inet_service; flags constant;"
     );
-    if !s.v6.is_empty() {
-        y.push_str("    elements = { ");
-        for (i, (a, b, p)) in s.v6.iter().enumerate() {
-            if i > 0 {
-                y.push_str(", ");
-            }
-            let _ = write!(y, "{a} . {b} . {p}");
-        }
-        y.push_str(" }\n");
-    }
-    y.push_str("  }\n");
+    set_elements(&mut y, &s.v6);
     let _ = writeln!(
         y,
         "  chain ingress {{ type filter hook ingress device \"{iface}\" priority 0; policy accept;"
@@ -142,6 +122,22 @@ pub fn nft_sets(s: &Synth, iface: &str) -> String {
     );
     y.push_str("  chain v6 {\n    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept\n    ip6 saddr . ip6 daddr . th dport @allow6 accept\n    counter drop\n  }\n}\n");
     y
+}
+
+/// The `elements = { a . b . port, ... }` line of a set (none when empty),
+/// and the set's closing brace.
+fn set_elements<A: std::fmt::Display>(y: &mut String, rules: &[(A, A, u16)]) {
+    if !rules.is_empty() {
+        y.push_str("    elements = { ");
+        for (i, (a, b, p)) in rules.iter().enumerate() {
+            if i > 0 {
+                y.push_str(", ");
+            }
+            let _ = write!(y, "{a} . {b} . {p}");
+        }
+        y.push_str(" }\n");
+    }
+    y.push_str("  }\n");
 }
 
 /// The policy as one nftables rule per policy rule (how rulesets grow when
