@@ -2,6 +2,8 @@
 //! ports, segments of both ends, verdict and reason. Pure code; the ring
 //! buffer reading is in `datapath::flowlog`.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::{
     collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -45,8 +47,8 @@ pub fn addr(family: u8, w: &[u32; 4]) -> Option<IpAddr> {
         4 => Some(IpAddr::V4(Ipv4Addr::from(w[0].to_ne_bytes()))),
         6 => {
             let mut b = [0u8; 16];
-            for (i, x) in w.iter().enumerate() {
-                b[i * 4..i * 4 + 4].copy_from_slice(&x.to_ne_bytes());
+            for (chunk, x) in b.chunks_exact_mut(4).zip(w) {
+                chunk.copy_from_slice(&x.to_ne_bytes());
             }
             Some(IpAddr::V6(Ipv6Addr::from(b)))
         }
@@ -155,7 +157,7 @@ impl RecentFlows {
 
     pub fn next_seq(&mut self) -> u64 {
         let s = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         s
     }
 

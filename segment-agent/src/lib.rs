@@ -4,8 +4,11 @@
 //! validated model), [`compile`] (model → the datapath's tables), [`eval`]
 //! (the reference evaluator) and [`verify`] (the `tests:` runner). The
 //! kernel-facing part, [`datapath`], loads, attaches, pins and fills maps.
-//! [`cli`] is the command line on top of both.
+//! [`agent`] is the running agent (startup, daemon, control and metrics
+//! servers, policy sources); [`stats`] reads the counters; [`cli`] is the
+//! command line on top, parsing arguments and printing.
 
+pub mod agent;
 pub mod cli;
 pub mod compile;
 pub mod control;
@@ -18,4 +21,6 @@ pub mod observe;
 pub mod packet;
 pub mod policy;
 pub mod report;
+pub mod stats;
+pub mod store;
 pub mod verify;

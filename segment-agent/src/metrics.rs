@@ -1,12 +1,15 @@
 //! Prometheus text exposition of the agent's counters. Built from the same
-//! object `stats --json` prints, so the two never disagree. Names follow the
+//! [`StatsView`] `stats --json` prints, so the two never disagree. Names follow the
 //! Prometheus conventions: a `segment_` prefix, base units (bytes, seconds),
 //! `_total` on counters.
+
+#![warn(clippy::arithmetic_side_effects)]
 
 use std::fmt::Write;
 
 use serde::Serialize;
-use serde_json::Value;
+
+use crate::{report::Counters, stats::StatsView};
 
 /// What only the running agent knows.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,21 +55,32 @@ impl Family<'_> {
     }
 }
 
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(0.0)
+fn num<T: TryInto<u64>>(v: T) -> f64 {
+    // Counters above 2^53 lose precision as f64, as in every Prometheus client.
+    v.try_into().map(|v: u64| v as f64).unwrap_or(f64::MAX)
 }
 
-/// The exposition for a `stats` object.
-pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
+fn counters_of(c: &Counters, unit: &str) -> [(&'static str, u64); 3] {
+    if unit == "bytes" {
+        [
+            ("allowed", c.allowed_bytes),
+            ("dropped", c.dropped_bytes),
+            ("would_drop", c.would_drop_bytes),
+        ]
+    } else {
+        [
+            ("allowed", c.allowed_packets),
+            ("dropped", c.dropped_packets),
+            ("would_drop", c.would_drop_packets),
+        ]
+    }
+}
+
+/// The exposition for the datapath's counters and the agent's own.
+pub fn exposition(stats: &StatsView, agent: &AgentMetrics) -> String {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
-    let segments = stats["segments"].as_array().cloned().unwrap_or_default();
 
-    let verdicts = [
-        ("allowed", "allowed"),
-        ("dropped", "dropped"),
-        ("would_drop", "would_drop"),
-    ];
     for (metric, unit, help) in [
         (
             "segment_packets_total",
@@ -80,21 +94,18 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
         ),
     ] {
         f.header(metric, "counter", help);
-        for seg in &segments {
-            let name = seg["name"].as_str().unwrap_or("?");
-            let kind = seg["kind"].as_str().unwrap_or("?");
-            for direction in ["ingress", "egress"] {
-                for (label, field) in verdicts {
-                    let v = num(&seg[direction][format!("{field}_{unit}")]);
+        for seg in &stats.segments {
+            for (direction, c) in [("ingress", &seg.ingress), ("egress", &seg.egress)] {
+                for (label, v) in counters_of(c, unit) {
                     f.sample(
                         metric,
                         &[
-                            ("segment", name),
-                            ("kind", kind),
+                            ("segment", &seg.name),
+                            ("kind", &seg.kind),
                             ("direction", direction),
                             ("verdict", label),
                         ],
-                        v,
+                        num(v),
                     );
                 }
             }
@@ -102,23 +113,16 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
     }
 
     f.header("segment_rule_hits_total", "counter", "Packets each rule of the policy in force admitted (new flows, and packets judged without conntrack).");
-    for r in stats["rules"].as_array().into_iter().flatten() {
-        let index = r["index"].to_string();
+    for r in &stats.rules {
+        let index = r.index.to_string();
         f.sample(
             "segment_rule_hits_total",
             &[
-                ("rule", r["label"].as_str().unwrap_or("?")),
+                ("rule", &r.label),
                 ("index", &index),
-                (
-                    "failsafe",
-                    if r["failsafe"].as_bool() == Some(true) {
-                        "true"
-                    } else {
-                        "false"
-                    },
-                ),
+                ("failsafe", if r.failsafe { "true" } else { "false" }),
             ],
-            num(&r["hits"]),
+            num(r.hits),
         );
     }
 
@@ -127,14 +131,11 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
         "counter",
         "Packets by datapath decision reason and hook.",
     );
-    for r in stats["reasons"].as_array().into_iter().flatten() {
+    for r in &stats.reasons {
         f.sample(
             "segment_datapath_packets_total",
-            &[
-                ("reason", r["reason"].as_str().unwrap_or("?")),
-                ("hook", r["hook"].as_str().unwrap_or("?")),
-            ],
-            num(&r["packets"]),
+            &[("reason", r.reason), ("hook", r.hook)],
+            num(r.packets),
         );
     }
     f.header(
@@ -142,14 +143,11 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
         "counter",
         "Bytes by datapath decision reason and hook.",
     );
-    for r in stats["reasons"].as_array().into_iter().flatten() {
+    for r in &stats.reasons {
         f.sample(
             "segment_datapath_bytes_total",
-            &[
-                ("reason", r["reason"].as_str().unwrap_or("?")),
-                ("hook", r["hook"].as_str().unwrap_or("?")),
-            ],
-            num(&r["bytes"]),
+            &[("reason", r.reason), ("hook", r.hook)],
+            num(r.bytes),
         );
     }
 
@@ -157,30 +155,26 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
     f.sample(
         "segment_conntrack_entries",
         &[],
-        num(&stats["conntrack_entries"]),
+        num(stats.conntrack_entries),
     );
     f.header(
         "segment_map_entries",
         "gauge",
         "Entries in use, per BPF map.",
     );
-    for m in stats["maps"].as_array().into_iter().flatten() {
-        f.sample(
-            "segment_map_entries",
-            &[("map", m["name"].as_str().unwrap_or("?"))],
-            num(&m["entries"]),
-        );
+    for m in &stats.maps {
+        f.sample("segment_map_entries", &[("map", m.name)], num(m.entries));
     }
     f.header(
         "segment_map_capacity_entries",
         "gauge",
         "Maximum entries, per BPF map.",
     );
-    for m in stats["maps"].as_array().into_iter().flatten() {
+    for m in &stats.maps {
         f.sample(
             "segment_map_capacity_entries",
-            &[("map", m["name"].as_str().unwrap_or("?"))],
-            num(&m["capacity"]),
+            &[("map", m.name)],
+            num(m.capacity),
         );
     }
 
@@ -189,7 +183,11 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
         "gauge",
         "Generation of the policy in force.",
     );
-    f.sample("segment_policy_generation", &[], num(&stats["generation"]));
+    f.sample(
+        "segment_policy_generation",
+        &[],
+        num(stats.generation.unwrap_or(0)),
+    );
     f.header(
         "segment_policy_reloads_total",
         "counter",
@@ -198,12 +196,12 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
     f.sample(
         "segment_policy_reloads_total",
         &[("result", "success")],
-        agent.reloads_ok as f64,
+        num(agent.reloads_ok),
     );
     f.sample(
         "segment_policy_reloads_total",
         &[("result", "failure")],
-        agent.reloads_failed as f64,
+        num(agent.reloads_failed),
     );
     f.header(
         "segment_policy_last_reload_success",
@@ -234,12 +232,12 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
     f.sample(
         "segment_flow_log_records_total",
         &[("result", "written")],
-        num(&stats["flow_log"]["written"]),
+        num(stats.flow_log.written),
     );
     f.sample(
         "segment_flow_log_records_total",
         &[("result", "suppressed")],
-        num(&stats["flow_log"]["suppressed"]),
+        num(stats.flow_log.suppressed),
     );
     f.header(
         "segment_flow_log_records_kept",
@@ -249,7 +247,7 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
     f.sample(
         "segment_flow_log_records_kept",
         &[],
-        agent.flow_records_kept as f64,
+        num(agent.flow_records_kept),
     );
     out
 }
@@ -257,6 +255,10 @@ pub fn exposition(stats: &Value, agent: &AgentMetrics) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        report::SegmentStats,
+        stats::{FlowLogCounters, MapUse, ReasonCount, RuleHits, Totals},
+    };
 
     #[test]
     fn label_values_are_escaped() {
@@ -269,23 +271,65 @@ mod tests {
 
     #[test]
     fn segments_become_labelled_counters() {
-        let stats = serde_json::json!({
-            "segments": [{"name": "tag:web", "kind": "tag",
-                "ingress": {"dropped_packets": 5, "dropped_bytes": 300, "allowed_packets": 1},
-                "egress": {}}],
-            "rules": [{"index": 0, "label": "acl #1 \"x\"", "failsafe": false, "hits": 3}],
-            "reasons": [{"reason": "drop_no_rule", "hook": "ingress", "packets": 5, "bytes": 300}],
-            "conntrack_entries": 2,
-            "maps": [{"name": "conntrack", "entries": 2, "capacity": 10}],
-            "generation": 4,
-            "flow_log": {"written": 5, "suppressed": 0},
-        });
+        let web = SegmentStats {
+            name: "tag:web".into(),
+            kind: "tag".into(),
+            ingress: Counters {
+                dropped_packets: 5,
+                dropped_bytes: 300,
+                allowed_packets: 1,
+                ..Counters::default()
+            },
+            ..SegmentStats::default()
+        };
+        let stats = StatsView {
+            pin_dir: "/sys/fs/bpf/segment".into(),
+            policy: Some("p.yaml".into()),
+            generation: Some(4),
+            active_slot: Some(1),
+            override_mode: "none",
+            enforce: None,
+            interfaces: vec![],
+            totals: Totals::default(),
+            conntrack_entries: 2,
+            conntrack_unconfirmed: 0,
+            maps: vec![MapUse {
+                name: "conntrack",
+                entries: 2,
+                capacity: 10,
+            }],
+            flow_log: FlowLogCounters {
+                written: 5,
+                suppressed: 0,
+            },
+            segments: vec![web],
+            rules: vec![RuleHits {
+                index: 0,
+                label: "acl #1 \"x\"".into(),
+                text: String::new(),
+                failsafe: false,
+                hits: 3,
+            }],
+            reasons: vec![ReasonCount {
+                reason: "drop_no_rule",
+                drop: true,
+                hook: "ingress",
+                packets: 5,
+                bytes: 300,
+            }],
+        };
         let text = exposition(&stats, &AgentMetrics::default());
         assert!(text.contains(
             "segment_packets_total{segment=\"tag:web\",kind=\"tag\",direction=\"ingress\",verdict=\"dropped\"} 5"
         ), "{text}");
         assert!(text.contains("segment_rule_hits_total{rule=\"acl #1 \\\"x\\\"\",index=\"0\",failsafe=\"false\"} 3"), "{text}");
         assert!(text.contains("segment_policy_generation 4"), "{text}");
+        assert!(
+            text.contains(
+                "segment_datapath_bytes_total{reason=\"drop_no_rule\",hook=\"ingress\"} 300"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("# TYPE segment_conntrack_entries gauge"),
             "{text}"

@@ -9,6 +9,8 @@
 //! database becomes `tag:x`), and falls back to a user's or host's name, then
 //! to the address, where they were not.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write,
@@ -102,15 +104,15 @@ impl Observer {
         };
         let key = (src, dst, r.proto_number, port);
         if !self.map.contains_key(&key) && self.map.len() >= self.limit {
-            self.overflow += 1;
+            self.overflow = self.overflow.saturating_add(1);
             return;
         }
         let seen = self.map.entry(key).or_default();
-        seen.flows += 1;
+        seen.flows = seen.flows.saturating_add(1);
         match r.verdict.as_str() {
-            "dropped" => seen.dropped += 1,
-            "would_drop" => seen.would_drop += 1,
-            _ => seen.allowed += 1,
+            "dropped" => seen.dropped = seen.dropped.saturating_add(1),
+            "would_drop" => seen.would_drop = seen.would_drop.saturating_add(1),
+            _ => seen.allowed = seen.allowed.saturating_add(1),
         }
     }
 
@@ -133,14 +135,14 @@ impl Observation {
             .collect();
         for f in other.flows {
             let s = map.entry((f.src, f.dst, f.proto, f.port)).or_default();
-            s.flows += f.seen.flows;
-            s.allowed += f.seen.allowed;
-            s.dropped += f.seen.dropped;
-            s.would_drop += f.seen.would_drop;
+            s.flows = s.flows.saturating_add(f.seen.flows);
+            s.allowed = s.allowed.saturating_add(f.seen.allowed);
+            s.dropped = s.dropped.saturating_add(f.seen.dropped);
+            s.would_drop = s.would_drop.saturating_add(f.seen.would_drop);
         }
         self.flows = flows_of(map);
         self.seconds += other.seconds;
-        self.suppressed += other.suppressed;
+        self.suppressed = self.suppressed.saturating_add(other.suppressed);
     }
 }
 
@@ -237,7 +239,8 @@ pub fn suggest(obs: &Observation, policy: Option<&Policy>) -> String {
             .entry(f.src)
             .or_default()
             .insert(f.port);
-        *counts.entry((f.src, f.dst, f.proto)).or_default() += f.seen.flows;
+        let c = counts.entry((f.src, f.dst, f.proto)).or_default();
+        *c = c.saturating_add(f.seen.flows);
     }
     // 2. Sources with the same ports to one destination share a rule; then
     // rules with the same sources, protocol and ports share destinations.
@@ -258,7 +261,7 @@ pub fn suggest(obs: &Observation, policy: Option<&Policy>) -> String {
             let n: u64 = srcs.iter().map(|s| counts[&(*s, *dst, *proto)]).sum();
             let e = rules.entry((srcs, *proto, ports)).or_default();
             e.0.insert(*dst);
-            e.1 += n;
+            e.1 = e.1.saturating_add(n);
         }
     }
 

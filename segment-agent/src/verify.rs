@@ -43,6 +43,22 @@ pub struct Outcome {
     pub line: Option<u32>,
 }
 
+/// Runs a policy's tests: on its test bed when it has one (a Tailscale
+/// policy, whose tests are decided for hypothetical devices of the
+/// principals they name), else on the policy itself.
+pub fn run_policy_tests(
+    policy: &Policy,
+    compiled: &Compiled,
+) -> Result<Vec<Outcome>, crate::compile::CompileError> {
+    match &policy.test_bed {
+        Some(bed) => {
+            let c = crate::compile::compile(bed)?;
+            Ok(run(bed, &c))
+        }
+        None => Ok(run(policy, compiled)),
+    }
+}
+
 pub fn run(policy: &Policy, compiled: &Compiled) -> Vec<Outcome> {
     let mut out = Vec::new();
     for (ti, tc) in policy.tests.iter().enumerate() {

@@ -7,11 +7,13 @@
 //! pinned map with the wrong layout.
 #![no_std]
 
+pub mod ct_filter;
 pub mod map_names;
 
 /// Which of the two policy table sets the datapath reads. The agent fills the
-/// inactive slot completely, then flips [`GlobalConfig::active_slot`]: one
-/// aligned `u32` store, so every packet sees either the old or the new policy.
+/// inactive slot completely, then flips the active slot: one
+/// aligned `u32` store (entry `CFG_ACTIVE`), so every packet sees either the
+/// old or the new policy.
 pub const SLOT_COUNT: u32 = 2;
 
 /// Identity of addresses that belong to no segment and no address selector.
@@ -50,13 +52,61 @@ pub const fn port_proto_block(proto: u8) -> Option<u32> {
 /// hash) only cost memory for the entries in use, so their bounds are high;
 /// the agent refuses a policy that does not fit before it touches any map.
 pub const MAX_PREFIXES: u32 = 1 << 21;
-/// A hash map allocates its bucket array for `max_entries` up front (16
-/// bytes a bucket, per slot), so this bound is a memory trade-off.
-pub const MAX_RULE_ENTRIES: u32 = 1 << 20;
-/// Rules (acls plus failsafe entries) of one policy; also the size of the
-/// per-slot rule hit arrays.
-pub const MAX_RULES: u32 = 1 << 18;
+/// The rule tables are sized by each policy (see [`table_capacity`]), so
+/// this bound only stops a policy that would not be worth building.
+pub const MAX_RULE_ENTRIES: u32 = 1 << 23;
+/// Rules (acls plus failsafe entries) of one policy; the per-slot rule hit
+/// array is sized by the policy's own count.
+pub const MAX_RULES: u32 = 1 << 21;
+/// The smallest capacity of a per-slot policy table: small enough to stay
+/// in cache, large enough that tiny edits do not resize it.
+pub const MIN_TABLE_ENTRIES: u32 = 64;
+
+/// Capacity of a per-slot policy hash for `n` entries: a quarter more (the
+/// kernel sizes its bucket array by `max_entries`, so this is the load
+/// factor), at least [`MIN_TABLE_ENTRIES`], rounded up to a power of two
+/// (the bucket count the kernel would round to anyway). Saturates at
+/// `1 << 31`.
+pub const fn table_capacity(n: usize) -> u32 {
+    let want = n.saturating_add(n / 4);
+    let want = if want < MIN_TABLE_ENTRIES as usize {
+        MIN_TABLE_ENTRIES as usize
+    } else {
+        want
+    };
+    if want >= 1 << 31 {
+        1 << 31
+    } else {
+        want.next_power_of_two() as u32
+    }
+}
+
+/// Map flags of the per-slot policy tables; the agent's inner maps must
+/// carry exactly those of the templates in the object.
+pub const POLICY_HASH_FLAGS: u32 = 1; // BPF_F_NO_PREALLOC
+/// Map flags of the per-slot rule hit tables: preallocated.
+pub const RULE_HITS_FLAGS: u32 = 0;
+
+/// Whether a table of `capacity` created for an earlier policy can take a
+/// policy of `n` entries as it is: it has the headroom, and it is not so
+/// oversized that lookups would scatter over a needlessly large bucket
+/// array.
+pub const fn table_fits(capacity: u32, n: usize) -> bool {
+    let want = table_capacity(n);
+    capacity >= want && capacity / 2 <= want
+}
 pub const DEFAULT_CT_ENTRIES: u32 = 1 << 18;
+
+/// Size of the table of unconfirmed flows (`SEG_CTPEND_V1`) next to a
+/// confirmed-flow table of `confirmed` entries: a quarter of it, at least
+/// 1,024. New flows live there until confirmed (TCP: a handshake with the
+/// right acknowledgement numbers; others: the responder answered), so a
+/// flood of openers evicts only other unconfirmed flows, never confirmed
+/// ones.
+pub const fn pending_ct_entries(confirmed: u32) -> u32 {
+    let quarter = confirmed / 4;
+    if quarter < 1024 { 1024 } else { quarter }
+}
 pub const FRAG_ENTRIES: u32 = 1 << 13;
 /// Distinct (source identity, destination identity) pairs with counters.
 /// Traffic of pairs beyond this is counted under [`PAIR_OVERFLOW`].
@@ -118,11 +168,26 @@ pub struct RuleValue {
 /// The rule comes from the `failsafe:` section.
 pub const RULE_F_FAILSAFE: u32 = 1;
 
-/// Entry 0 of `SEG_CFG`: what every packet reads first.
-#[repr(C)]
+/// Entries of the config array (`SEG_CFG_V2`, `u32` values): what every
+/// packet reads first. Each setting is its own entry, written alone with one
+/// aligned 4-byte store, so the agent switching slots never rewrites (or
+/// races) an admin's emergency override made with bpftool, and vice versa.
+///
+/// `CFG_ACTIVE`: 0 while no policy has been written (nothing to enforce
+/// yet), otherwise 1 + the slot in force.
+pub const CFG_ACTIVE: u32 = 0;
+/// `CFG_OVERRIDE`: one of `OVERRIDE_*`.
+pub const CFG_OVERRIDE: u32 = 1;
+/// `CFG_FLOW_LOG`: one of `FLOW_LOG_*`.
+pub const CFG_FLOW_LOG: u32 = 2;
+pub const CFG_ENTRIES: u32 = 4;
+/// `CFG_ACTIVE` before the first policy.
+pub const ACTIVE_NONE: u32 = 0;
+
+/// The config array decoded, as the agent reads it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GlobalConfig {
-    /// Slot (0 or 1) of the tables in force.
+    /// Slot (0 or 1) of the tables in force (meaningless until `initialized`).
     pub active_slot: u32,
     /// `OVERRIDE_*`: an emergency switch an admin can flip with bpftool
     /// alone, whatever the policy says.
@@ -132,6 +197,22 @@ pub struct GlobalConfig {
     pub initialized: u32,
     /// `FLOW_LOG_*`: what the flow log reports.
     pub flow_log: u32,
+}
+
+impl GlobalConfig {
+    /// Decodes the entries `CFG_ACTIVE`, `CFG_OVERRIDE`, `CFG_FLOW_LOG`.
+    pub const fn decode(active: u32, override_mode: u32, flow_log: u32) -> Self {
+        Self {
+            active_slot: if active == ACTIVE_NONE {
+                0
+            } else {
+                (active - 1) & 1
+            },
+            override_mode,
+            initialized: (active != ACTIVE_NONE) as u32,
+            flow_log,
+        }
+    }
 }
 
 /// The flow log reports drops, would-drops and failsafe passes.
@@ -189,13 +270,43 @@ pub struct TokenBucket {
 pub const LOGSTAT_WRITTEN: u32 = 0;
 pub const LOGSTAT_SUPPRESSED: u32 = 1;
 
-/// XDP metadata (4 bytes, native endian) that makes a run *dry*: `explain
-/// --live` runs the loaded program on a synthetic packet with it. Real
-/// packets arrive without metadata.
-pub const DRY_RUN_MAGIC: u32 = 0x5345_4744;
+/// Name of the load-time global that makes every run of a program instance
+/// *dry* (`explain --live`). The instances attached to interfaces are loaded
+/// with it 0, so the verifier prunes the dry path from them: nothing a packet
+/// carries can make a real packet's run dry. `explain --live` loads a second,
+/// never attached instance with it 1 and runs synthetic packets through it.
+pub const DRY_RUN_GLOBAL: &str = "DRY_RUN";
 
-/// What a dry run (BPF_PROG_TEST_RUN of the XDP program with
-/// [`DRY_RUN_MAGIC`] as metadata, as `explain --live` does) decided. Nothing else is written
+/// Name of the load-time global that cuts the program short after a stage
+/// (the benchmark's ablation table). 0 (every attached instance) runs the
+/// whole program, and the verifier, which sees the frozen 0, prunes every
+/// ablation branch. A benchmark loads never-attached instances with one of
+/// the `ABLATE_*` levels: each runs the stages up to and including its own
+/// (cumulative, in this order) and skips the rest.
+pub const ABLATE_GLOBAL: &str = "ABLATE";
+/// Parse the headers, then drop: no map read at all.
+pub const ABLATE_PARSE: u32 = 1;
+/// + the settings, the martian check and both identity lookups, then drop.
+pub const ABLATE_IDENTITIES: u32 = 2;
+/// + the rule lookup: the verdict of the policy alone (no conntrack, so a
+///   reply is judged like any other packet); nothing is counted.
+pub const ABLATE_RULE: u32 = 3;
+/// + conntrack: the lookup (still before the identities, as in the full
+///   program) and the entry an allowed opener creates; nothing is counted.
+pub const ABLATE_CONNTRACK: u32 = 4;
+/// + the counters (reason, identity pair, rule hits): all but the flow log.
+pub const ABLATE_COUNTERS: u32 = 5;
+/// The levels, in order; the full program (+ the flow log) is level 0.
+pub const ABLATE_LEVELS: [u32; 5] = [
+    ABLATE_PARSE,
+    ABLATE_IDENTITIES,
+    ABLATE_RULE,
+    ABLATE_CONNTRACK,
+    ABLATE_COUNTERS,
+];
+
+/// What a dry run (BPF_PROG_TEST_RUN of an instance loaded with
+/// [`DRY_RUN_GLOBAL`] set, as `explain --live` does) decided. Nothing else is written
 /// in a dry run: no conntrack, no counters, no flow log.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -245,9 +356,9 @@ pub struct SlotConfig {
 /// one to three; beyond this the LPM trie is cheaper.
 pub const MAX_EXACT_LENS: usize = 8;
 pub const LENS_USE_LPM: u8 = u8::MAX;
-/// Prefixes per family and slot the exact-match tables hold (their hash
-/// buckets are allocated up front).
-pub const MAX_EXACT_PREFIXES: u32 = 1 << 18;
+/// Prefixes per family and slot the exact-match tables take (they are
+/// sized by the policy; beyond this the LPM trie answers).
+pub const MAX_EXACT_PREFIXES: u32 = 1 << 21;
 
 /// Key of the exact-match identity tables: a prefix length and the address
 /// masked to it.
@@ -346,9 +457,16 @@ pub enum Reason {
     DropFragment = 13,
     /// IPv6 extension header chain longer than the datapath walks.
     DropExtHeaders = 14,
+    /// Arrived from outside with one of this host's own addresses as source.
+    DropMartian = 15,
+    /// A map lookup that cannot fail did (the datapath is broken): dropped,
+    /// never passed unjudged.
+    DropInternal = 16,
+    /// IPv4 source route option or IPv6 routing header with segments left.
+    DropSourceRoute = 17,
 }
 
-pub const REASON_COUNT: u32 = 15;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -367,6 +485,9 @@ impl Reason {
         Reason::DropMalformed,
         Reason::DropFragment,
         Reason::DropExtHeaders,
+        Reason::DropMartian,
+        Reason::DropInternal,
+        Reason::DropSourceRoute,
     ];
 
     pub const fn is_drop(self) -> bool {
@@ -376,6 +497,9 @@ impl Reason {
                 | Reason::DropMalformed
                 | Reason::DropFragment
                 | Reason::DropExtHeaders
+                | Reason::DropMartian
+                | Reason::DropInternal
+                | Reason::DropSourceRoute
         )
     }
 
@@ -396,6 +520,9 @@ impl Reason {
             Reason::DropMalformed => "drop_malformed",
             Reason::DropFragment => "drop_fragment",
             Reason::DropExtHeaders => "drop_ext_headers",
+            Reason::DropMartian => "drop_martian",
+            Reason::DropInternal => "drop_internal",
+            Reason::DropSourceRoute => "drop_source_route",
         }
     }
 
@@ -449,7 +576,42 @@ pub struct CtValue {
     pub flags: u32,
     /// Rule that admitted the flow, `CT_RULE_NONE` when egress was not enforced.
     pub rule: u32,
+    /// Interface the flow was created on (`I`): with the creating hook
+    /// (`CT_F_EGRESS`) and the initiator (`CT_F_INITIATOR_A`) it says
+    /// through which side each direction may enter at ingress (see the
+    /// datapath's `conntrack::enters_on_its_side`).
+    pub ifindex: u32,
+    /// For a flow created at ingress: the interface its initiator's packets
+    /// were seen leaving by at egress (routed through this host), 0 until
+    /// then. Once known, the responder's packets must enter through it.
+    pub ifindex_out: u32,
+    /// Low 32 bits of `SlotConfig::generation` of the policy that admitted
+    /// the flow, or last re-admitted it: a packet of a flow whose
+    /// generation is not the active one has the flow re-judged first.
+    pub generation: u32,
+    pub _pad: u32,
+    /// TCP, per side (index 0 the initiator, 1 the responder): `end`, the
+    /// highest sequence number the side has sent plus its data length (+1
+    /// for SYN and FIN), and `maxwin`, the largest window it advertised,
+    /// scaled by its window scale. A RST or FIN from side s changes the
+    /// flow's state only if its sequence number lies within
+    /// `[end[s] - maxwin[r] - 1, end[s] + maxwin[r]]` (r the other side).
+    /// `end` is rewritten lazily (when it moves by more than half the
+    /// other side's window), so it may lag by that much.
+    pub end: [u32; 2],
+    pub maxwin: [u32; 2],
+    /// Window scale shift per side (RFC 7323), `CT_WSCALE_UNKNOWN` until
+    /// the handshake says.
+    pub wscale: [u8; 2],
+    /// `CT_SEEN_*`: which sides' `end`/`maxwin` are known.
+    pub seen: u8,
+    pub _pad2: [u8; 5],
 }
+
+pub const CT_WSCALE_UNKNOWN: u8 = 0xff;
+/// `CtValue::seen`: the initiator's / responder's sequence space is known.
+pub const CT_SEEN_INITIATOR: u8 = 1;
+pub const CT_SEEN_RESPONDER: u8 = 2;
 
 pub const CT_RULE_NONE: u32 = u32::MAX;
 /// Endpoint `a` opened the flow (else `b` did).
@@ -466,6 +628,13 @@ pub const CT_F_EGRESS: u32 = 1 << 5;
 pub const CT_F_AUDIT: u32 = 1 << 6;
 /// Created while the hook did not enforce (egress by default).
 pub const CT_F_UNENFORCED: u32 = 1 << 7;
+/// A TCP flow picked up in the middle at egress (no SYN seen): its
+/// window scales are unknown, so windows are taken unscaled (narrower:
+/// a RST is honoured less readily, never more).
+pub const CT_F_MIDSTREAM: u32 = 1 << 8;
+/// The responder's SYN-ACK acknowledged exactly the initiator's SYN: the
+/// initiator's ACK of the responder's SYN then confirms the flow.
+pub const CT_F_SYNACK_OK: u32 = 1 << 9;
 
 /// Idle timeouts, in nanoseconds.
 pub const CT_TIMEOUT_TCP_ESTABLISHED_NS: u64 = 2 * 3600 * 1_000_000_000;
@@ -477,6 +646,10 @@ pub const CT_TIMEOUT_OTHER_NS: u64 = 30 * 1_000_000_000;
 /// A flow's timestamp is rewritten at most this often, to keep the
 /// established fast path free of writes.
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Entries of the revoked-flows table (`SEG_CTGONE`): enough to outlast
+/// the retransmissions of the connections a reload cuts.
+pub const CT_REVOKED_ENTRIES: u32 = 1 << 14;
 
 /// Fragment tracking key: a datagram is identified by its addresses, protocol
 /// and IP identification.
@@ -506,6 +679,25 @@ pub struct FragValue {
 /// How long non-first fragments are accepted after their first fragment.
 pub const FRAG_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
 
+/// Key of `SEG_LOCAL`: one of this host's own addresses. A packet arriving
+/// at ingress with such a source is a martian (`Reason::DropMartian`).
+///
+/// The address is laid out as in `CtKey` (network-order bytes packed in
+/// words; IPv4 in the first word, the rest zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalAddrKey {
+    pub addr: [u32; 4],
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Own addresses the martian table holds (every address of every interface
+/// of the agent's network namespace). Beyond this, the agent logs that the
+/// set is incomplete.
+pub const MAX_LOCAL_ADDRS: u32 = 4096;
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -514,7 +706,6 @@ macro_rules! assert_size {
 assert_size!(Identity, 16);
 assert_size!(RuleKey, 12);
 assert_size!(RuleValue, 8);
-assert_size!(GlobalConfig, 16);
 assert_size!(FlowEvent, 72);
 assert_size!(TokenBucket, 16);
 assert_size!(ExplainRecord, 32);
@@ -526,9 +717,10 @@ assert_size!(PairKey, 8);
 assert_size!(PairCounters, 96);
 assert_size!(ReasonCounters, 16);
 assert_size!(CtKey, 40);
-assert_size!(CtValue, 32);
+assert_size!(CtValue, 72);
 assert_size!(FragKey, 40);
 assert_size!(FragValue, 24);
+assert_size!(LocalAddrKey, 20);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -538,7 +730,6 @@ mod pod {
     unsafe impl aya::Pod for Identity {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for RuleValue {}
-    unsafe impl aya::Pod for GlobalConfig {}
     unsafe impl aya::Pod for SlotConfig {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for PairKey {}
@@ -553,4 +744,5 @@ mod pod {
     unsafe impl aya::Pod for ExactKey6 {}
     unsafe impl aya::Pod for TokenBucket {}
     unsafe impl aya::Pod for ExplainRecord {}
+    unsafe impl aya::Pod for LocalAddrKey {}
 }

@@ -10,8 +10,7 @@ use segment_common::{
 };
 
 use crate::maps::{
-    EX4_A, EX4_B, EX6_A, EX6_B, HITS_A, HITS_B, ID4_A, ID4_B, ID6_A, ID6_B, PORTS_A, PORTS_B,
-    RULES_A, RULES_B, SLOT_CONFIG,
+    EX4, EX6, HITS, ID4_A, ID4_B, ID6_A, ID6_B, PORTS_A, PORTS_B, RULES, SLOT_CONFIG,
 };
 
 /// The settings of a slot, read in place (not copied: the BPF stack is
@@ -30,32 +29,15 @@ pub fn slot_config(slot: u32) -> Option<&'static SlotConfig> {
 /// a hash lookup costs about a third of an LPM trie walk, and it does not
 /// grow with the number of prefixes. Otherwise the LPM trie answers.
 ///
-/// Not inlined: as a function of its own it gets its own stack frame, which
-/// keeps the caller's within the BPF stack limit.
-#[inline(never)]
+/// One function per family, neither inlined: each gets its own stack
+/// frame, sized for its own keys only, which keeps the deepest call chain
+/// (program, then an identity lookup) within the BPF stack limit.
+#[inline(always)]
 pub fn identity(slot: u32, family: u8, addr: &[u32; 4], cfg: &SlotConfig) -> Identity {
     let found = if family == 4 {
-        if cfg.lens_v4_count != LENS_USE_LPM {
-            exact4(slot, addr[0], cfg)
-        } else {
-            let key = Key::new(32, addr[0].to_ne_bytes());
-            let v = if slot == 0 {
-                ID4_A.get(&key)
-            } else {
-                ID4_B.get(&key)
-            };
-            v.copied()
-        }
-    } else if cfg.lens_v6_count != LENS_USE_LPM {
-        exact6(slot, addr, cfg)
+        identity4(slot, addr[0], cfg)
     } else {
-        let key = Key::new(128, v6_bytes(addr, 128));
-        let v = if slot == 0 {
-            ID6_A.get(&key)
-        } else {
-            ID6_B.get(&key)
-        };
-        v.copied()
+        identity6(slot, addr, cfg)
     };
     match found {
         Some(id) => id,
@@ -64,6 +46,34 @@ pub fn identity(slot: u32, family: u8, addr: &[u32; 4], cfg: &SlotConfig) -> Ide
             ..Identity::default()
         },
     }
+}
+
+#[inline(never)]
+fn identity4(slot: u32, word: u32, cfg: &SlotConfig) -> Option<Identity> {
+    if cfg.lens_v4_count != LENS_USE_LPM {
+        return exact4(slot, word, cfg);
+    }
+    let key = Key::new(32, word.to_ne_bytes());
+    let v = if slot == 0 {
+        ID4_A.get(&key)
+    } else {
+        ID4_B.get(&key)
+    };
+    v.copied()
+}
+
+#[inline(never)]
+fn identity6(slot: u32, addr: &[u32; 4], cfg: &SlotConfig) -> Option<Identity> {
+    if cfg.lens_v6_count != LENS_USE_LPM {
+        return exact6(slot, addr, cfg);
+    }
+    let key = Key::new(128, v6_bytes(addr, 128));
+    let v = if slot == 0 {
+        ID6_A.get(&key)
+    } else {
+        ID6_B.get(&key)
+    };
+    v.copied()
 }
 
 /// The address (network-order bytes packed in words) masked to `len` bits.
@@ -93,6 +103,9 @@ fn v6_bytes(addr: &[u32; 4], len: u32) -> [u8; 16] {
 
 #[inline(always)]
 fn exact4(slot: u32, word: u32, cfg: &SlotConfig) -> Option<Identity> {
+    // The agent installs a slot's tables before its config says to use
+    // them; an absent table finds nothing.
+    let table = EX4.get(slot)?;
     let host = u32::from_be_bytes(word.to_ne_bytes());
     let n = cfg.lens_v4_count as usize;
     let mut i = 0;
@@ -110,14 +123,7 @@ fn exact4(slot: u32, word: u32, cfg: &SlotConfig) -> Option<Identity> {
             addr: masked.to_be_bytes(),
         };
         // SAFETY: hash values are plain data; copied out at once.
-        let v = unsafe {
-            if slot == 0 {
-                EX4_A.get(&key)
-            } else {
-                EX4_B.get(&key)
-            }
-        };
-        if let Some(id) = v {
+        if let Some(id) = unsafe { table.get(&key) } {
             return Some(*id);
         }
         i += 1;
@@ -127,6 +133,7 @@ fn exact4(slot: u32, word: u32, cfg: &SlotConfig) -> Option<Identity> {
 
 #[inline(always)]
 fn exact6(slot: u32, addr: &[u32; 4], cfg: &SlotConfig) -> Option<Identity> {
+    let table = EX6.get(slot)?;
     let n = cfg.lens_v6_count as usize;
     let mut i = 0;
     while i < MAX_EXACT_LENS && i < n {
@@ -136,14 +143,7 @@ fn exact6(slot: u32, addr: &[u32; 4], cfg: &SlotConfig) -> Option<Identity> {
             addr: v6_bytes(addr, len),
         };
         // SAFETY: hash values are plain data; copied out at once.
-        let v = unsafe {
-            if slot == 0 {
-                EX6_A.get(&key)
-            } else {
-                EX6_B.get(&key)
-            }
-        };
-        if let Some(id) = v {
+        if let Some(id) = unsafe { table.get(&key) } {
             return Some(*id);
         }
         i += 1;
@@ -167,15 +167,10 @@ fn port_class(slot: u32, proto: u8, port: u16) -> u16 {
 
 #[inline(always)]
 fn rule_at(slot: u32, key: &RuleKey) -> Option<RuleValue> {
+    // No table: no rule admits anything (fails closed).
+    let table = RULES.get(slot)?;
     // SAFETY: hash map values are plain data; copied out at once.
-    let v = unsafe {
-        if slot == 0 {
-            RULES_A.get(key)
-        } else {
-            RULES_B.get(key)
-        }
-    };
-    v.copied()
+    unsafe { table.get(key) }.copied()
 }
 
 /// The first rule (lowest index) that admits this packet, if any.
@@ -207,13 +202,17 @@ pub fn matching_rule(
 
 #[inline(always)]
 pub fn count_rule_hit(slot: u32, rule: u32) {
-    let map = if slot == 0 { &HITS_A } else { &HITS_B };
-    if let Some(hit) = map.get_ptr_mut(&rule) {
-        // SAFETY: this CPU's slot, from a successful lookup.
+    let Some(hits) = HITS.get(slot) else {
+        return;
+    };
+    if let Some(hit) = hits.get_ptr_mut(rule) {
+        // SAFETY: this CPU's value, from a successful lookup; the agent
+        // never deletes from a hit table (it replaces the whole table).
         unsafe { *hit += 1 };
         return;
     }
-    // First hit of this rule on this CPU (or a race with another CPU's
-    // insert, which leaves the other CPUs' values untouched).
-    let _ = map.insert(&rule, &1u64, 0);
+    // First hit of this rule on any CPU (or a race with another CPU's
+    // insert, which leaves the other CPUs' values untouched). The table
+    // has an element for every rule, preallocated: no allocation here.
+    let _ = hits.insert(rule, 1u64, 0);
 }

@@ -14,6 +14,11 @@ use crate::netns::{Netns, PREFIX};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// How long an agent may take from start to "enforcing on": the kernel
+/// verifies several programs, seconds of CPU, and a CI run on a loaded
+/// 2-CPU machine has needed more than 30 s.
+const STARTUP: Duration = Duration::from_secs(120);
+
 /// The agent binary: `$SEGMENT_AGENT_BIN`, else the workspace's debug build.
 pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SEGMENT_AGENT_BIN") {
@@ -123,6 +128,38 @@ impl Agent {
         Self::start_with(ns, dirs, &policy_path, ifaces, extra)
     }
 
+    /// Starts `segment-agent run ARGS...` (e.g. `--store URL --iface eth0
+    /// --host web-1`) inside `ns` with `dirs`, waiting until it enforces.
+    pub fn start_run(ns: &Netns, dirs: Dirs, args: &[String]) -> Self {
+        std::fs::create_dir_all(&dirs.state).expect("state dir");
+        let log = dirs.state.join(format!(
+            "agent-{}.log",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path().display()))
+            .arg(agent_bin())
+            .arg("run")
+            .args(args)
+            .args(dirs.args())
+            .args(["--metrics-addr", "none"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(log_file.try_clone().expect("clone log")))
+            .stderr(Stdio::from(log_file));
+        let child = cmd.spawn().expect("spawn segment-agent");
+        let mut agent = Self {
+            policy: dirs.state.join("policy.yaml"),
+            dirs,
+            child: Some(child),
+            log,
+            ns: ns.path(),
+            handed_over: false,
+        };
+        agent.wait_for_log("enforcing on", STARTUP);
+        agent
+    }
+
     /// Starts an agent with existing directories (to test restarts).
     pub fn start_with(
         ns: &Netns,
@@ -159,7 +196,7 @@ impl Agent {
             ns: ns.path(),
             handed_over: false,
         };
-        agent.wait_for_log("enforcing on", Duration::from_secs(30));
+        agent.wait_for_log("enforcing on", STARTUP);
         agent
     }
 
@@ -243,6 +280,54 @@ impl Agent {
         let (code, out, err) = command(None, &self.dirs, &["stats", "--json"]);
         assert_eq!(code, 0, "stats failed: {err}");
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("stats JSON: {e}\n{out}"))
+    }
+
+    /// Packets per datapath reason (`drop_no_rule`, ...) on one hook
+    /// (`ingress` or `egress`), from `stats --json`.
+    pub fn reasons(&self, hook: &str) -> std::collections::BTreeMap<String, u64> {
+        let s = self.stats();
+        s["reasons"]
+            .as_array()
+            .expect("stats --json has reasons")
+            .iter()
+            .filter(|r| r["hook"] == hook)
+            .map(|r| {
+                (
+                    r["reason"].as_str().expect("reason name").to_owned(),
+                    r["packets"].as_u64().expect("packet count"),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until the `reason` counter of `hook` has not moved for `quiet`
+    /// (at most `timeout` in all), and returns its value. For the links'
+    /// own chatter after they come up (IPv6 multicast listener reports go
+    /// out a few times in the first second or two): a test that counts
+    /// exactly starts once it is over.
+    pub fn wait_until_quiet(
+        &self,
+        hook: &str,
+        reason: &str,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let count = || self.reasons(hook).get(reason).copied().unwrap_or(0);
+        let (mut last, mut since) = (count(), Instant::now());
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = count();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= quiet {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{hook} {reason} kept counting for {timeout:?}: the lab is not quiet"
+            );
+        }
     }
 
     /// A segment's entry in `stats --json`.

@@ -69,6 +69,15 @@ pub struct Packet {
     /// without the next-header/length bytes, padded to 8-byte units).
     pub ipv6_ext: Vec<(u8, Vec<u8>)>,
     pub ident: u32,
+    /// TCP sequence and acknowledgement numbers and window (defaults 1, 0,
+    /// 64240).
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_window: u16,
+    /// TCP window scale option (RFC 7323), sent when `Some(shift)`.
+    pub tcp_wscale: Option<u8>,
+    /// IPv4 TTL / IPv6 hop limit (default 64).
+    pub hop_limit: u8,
 }
 
 impl Packet {
@@ -81,6 +90,11 @@ impl Packet {
             ipv4_options: Vec::new(),
             ipv6_ext: Vec::new(),
             ident: 0x1234,
+            tcp_seq: 1,
+            tcp_ack: 0,
+            tcp_window: 64240,
+            tcp_wscale: None,
+            hop_limit: 64,
         }
     }
 
@@ -121,10 +135,16 @@ impl Packet {
                 let mut h = vec![0u8; 20];
                 h[0..2].copy_from_slice(&sport.to_be_bytes());
                 h[2..4].copy_from_slice(&dport.to_be_bytes());
-                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                h[4..8].copy_from_slice(&self.tcp_seq.to_be_bytes());
+                h[8..12].copy_from_slice(&self.tcp_ack.to_be_bytes());
                 h[12] = 5 << 4;
                 h[13] = flags;
-                h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                h[14..16].copy_from_slice(&self.tcp_window.to_be_bytes());
+                if let Some(shift) = self.tcp_wscale {
+                    // Window scale (kind 3, length 3) and a NOP: 4 bytes.
+                    h.extend_from_slice(&[3, 3, shift, 1]);
+                    h[12] = 6 << 4;
+                }
                 h
             }
             L4::Udp { sport, dport } => {
@@ -186,7 +206,7 @@ impl Packet {
         h[4..6].copy_from_slice(&(self.ident as u16).to_be_bytes());
         let frags = frag_units & 0x1fff | if more { 0x2000 } else { 0 };
         h[6..8].copy_from_slice(&frags.to_be_bytes());
-        h[8] = 64;
+        h[8] = self.hop_limit;
         h[9] = self.l4.proto(false);
         h[12..16].copy_from_slice(&s.octets());
         h[16..20].copy_from_slice(&d.octets());
@@ -229,7 +249,7 @@ impl Packet {
         h[0] = 0x60;
         h[4..6].copy_from_slice(&((ext.len() + body_len) as u16).to_be_bytes());
         h[6] = first;
-        h[7] = 64;
+        h[7] = self.hop_limit;
         h[8..24].copy_from_slice(&s.octets());
         h[24..40].copy_from_slice(&d.octets());
         h.extend_from_slice(&ext);

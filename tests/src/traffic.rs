@@ -145,6 +145,16 @@ fn bound_socket(src: Option<IpAddr>, dst: SocketAddr, ty: Type, proto: Protocol)
     s
 }
 
+/// Asserts what a TCP exchange from `src` (in `ns`) to `dst` meets: an
+/// allowed one must echo within [`LONG`]; a denied one must time out (the
+/// SYN dropped, not refused) after [`SHORT`].
+#[track_caller]
+pub fn assert_tcp(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, want: Tcp) {
+    let timeout = if want == Tcp::Echoed { LONG } else { SHORT };
+    let got = tcp_exchange(ns, src, dst, timeout);
+    assert_eq!(got, want, "TCP from {src:?} to {dst}");
+}
+
 /// Connects from `src` (or the default address) to `dst` and exchanges a
 /// payload, inside `ns`.
 pub fn tcp_exchange(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: Duration) -> Tcp {
@@ -557,4 +567,23 @@ impl UdpSink {
             .join()
             .expect("sink thread")
     }
+}
+
+/// A TCP connection opened inside a namespace, kept open by the test (so
+/// that its conntrack entry lives across what the test does meanwhile).
+pub fn connect(ns: &Netns, dst: SocketAddr) -> std::net::TcpStream {
+    ns.run(|| {
+        let s = std::net::TcpStream::connect_timeout(&dst, LONG).expect("connect");
+        s.set_read_timeout(Some(LONG)).expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        s
+    })
+}
+
+/// One request/response over a connection to an echo server: whether the
+/// message came back intact.
+pub fn echo(s: &mut std::net::TcpStream, msg: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let mut back = vec![0u8; msg.len()];
+    s.write_all(msg).is_ok() && s.read_exact(&mut back).is_ok() && back == msg
 }

@@ -20,7 +20,12 @@ const DB: &str = "10.10.1.10";
 const ALICE6: &str = "fd00:9::5";
 const WEB6: &str = "fd00:10::2";
 
-const IGNORED: [&str; 3] = ["pass_conntrack", "pass_neighbor_discovery", "pass_not_ip"];
+/// Replies of allowed probes (db's RST passes through conntrack) and non-IP
+/// frames are not what is being judged here. Neighbour discovery is: the
+/// links' own chatter is over before the first case (`wait_until_quiet`).
+const IGNORED: [&str; 2] = ["pass_conntrack", "pass_not_ip"];
+/// An address no segment holds: the lab policy admits nothing from it.
+const OFF_LINK6: &str = "2001:db8::5";
 
 struct Bench<'a> {
     agent: Agent,
@@ -74,9 +79,6 @@ impl Bench<'_> {
         let seen_db = self.rx_db.capture_with(marker, Duration::from_millis(150));
         let seen_web = self.rx_web.capture_with(marker, Duration::from_millis(10));
         let after = self.reasons();
-        // Replies of allowed probes (db's RST passes through conntrack) and
-        // the links' own IPv6 multicast listener chatter are not what is
-        // being judged here.
         let delta: BTreeMap<String, u64> = after
             .iter()
             .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
@@ -105,6 +107,12 @@ fn hostile_frames_never_pass_where_the_policy_says_drop() {
     let lab = Lab::standard();
     let (laptop, db, web) = (lab.host("laptop"), lab.host("db"), lab.host("web"));
     let agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
+    agent.wait_until_quiet(
+        "ingress",
+        "pass_neighbor_discovery",
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
     let mut b = Bench {
         agent,
         laptop,
@@ -335,6 +343,17 @@ fn hostile_frames_never_pass_where_the_policy_says_drop() {
     };
     let m = b.marker();
     let mut p = with_marker(v6(8443), &m);
+    p.ipv6_ext = (0..8).map(|_| (60u8, vec![1, 4, 0, 0, 0, 0])).collect();
+    b.case(
+        "eight destination option headers, allowed",
+        vec![p.ip()],
+        &[],
+        &m,
+        &[("pass_rule", 1)],
+        true,
+    );
+    let m = b.marker();
+    let mut p = with_marker(v6(8443), &m);
     p.ipv6_ext = (0..9).map(|_| (60u8, vec![1, 4, 0, 0, 0, 0])).collect();
     b.case(
         "nine destination option headers",
@@ -397,5 +416,199 @@ fn hostile_frames_never_pass_where_the_policy_says_drop() {
         &m,
         &[("pass_rule", 1), ("pass_fragment", 1)],
         true,
+    );
+
+    neighbor_discovery(&mut b);
+}
+
+/// An ICMPv6 message of type `ty` (code 0, four reserved bytes, then the
+/// marked payload) with hop limit `hop_limit`.
+fn icmp6(src: &str, dst: &str, ty: u8, code: u8, marker: &[u8]) -> Packet {
+    with_marker(
+        Packet::new(
+            ip(src),
+            ip(dst),
+            L4::Icmp {
+                ty,
+                code,
+                id: 0,
+                seq: 0,
+            },
+        ),
+        marker,
+    )
+}
+
+/// Sets the hop limit of an IPv6 packet (not covered by the ICMPv6
+/// checksum).
+fn hop_limit(mut raw: Vec<u8>, limit: u8) -> Vec<u8> {
+    raw[7] = limit;
+    raw
+}
+
+/// Neighbour discovery and MLD pass whatever the policy says only as the
+/// link needs them (RFC 4861, RFC 3810, RFC 6980); every other message of
+/// those types is judged by the policy, which admits nothing from these
+/// sources.
+fn neighbor_discovery(b: &mut Bench<'_>) {
+    const NS: u8 = 135;
+    let pass = &[("pass_neighbor_discovery", 1)][..];
+    let drop = &[("drop_no_rule", 1)][..];
+    let gw_group = "ff02::1:ff00:fe";
+    let cases = [
+        // name, source, destination, type, code, hop limit, bytes (0: as built)
+        (
+            "NS to the gateway's solicited-node group",
+            ALICE6,
+            gw_group,
+            NS,
+            0,
+            255,
+            0,
+            pass,
+        ),
+        (
+            "NS of duplicate address detection",
+            "::",
+            "ff02::1:ff00:5",
+            NS,
+            0,
+            255,
+            0,
+            pass,
+        ),
+        (
+            "NA from a global address",
+            ALICE6,
+            "ff02::1",
+            136,
+            0,
+            255,
+            0,
+            pass,
+        ),
+        (
+            "RS from a link-local address",
+            "fe80::5",
+            "ff02::2",
+            133,
+            0,
+            255,
+            0,
+            pass,
+        ),
+        ("MLDv2 report", "fe80::5", "ff02::16", 143, 0, 1, 0, pass),
+        ("NS of 1280 bytes", ALICE6, gw_group, NS, 0, 255, 1280, pass),
+        (
+            "800-byte NS from off-link, hop limit 64",
+            OFF_LINK6,
+            WEB6,
+            NS,
+            0,
+            64,
+            800,
+            drop,
+        ),
+        ("NS of 1281 bytes", OFF_LINK6, WEB6, NS, 0, 255, 1281, drop),
+        ("NS with code 1", OFF_LINK6, WEB6, NS, 1, 255, 0, drop),
+        (
+            "NS shorter than its target",
+            OFF_LINK6,
+            WEB6,
+            NS,
+            0,
+            255,
+            60,
+            drop,
+        ),
+        (
+            "NS from :: to a unicast address",
+            "::",
+            WEB6,
+            NS,
+            0,
+            255,
+            0,
+            drop,
+        ),
+        ("NA from ::", "::", WEB6, 136, 0, 255, 0, drop),
+        (
+            "Redirect from a global address",
+            OFF_LINK6,
+            WEB6,
+            137,
+            0,
+            255,
+            0,
+            drop,
+        ),
+        ("RA with hop limit 64", "fe80::1", WEB6, 134, 0, 64, 0, drop),
+        (
+            "RA from a global address",
+            OFF_LINK6,
+            WEB6,
+            134,
+            0,
+            255,
+            0,
+            drop,
+        ),
+        (
+            "MLD query from a global address",
+            OFF_LINK6,
+            WEB6,
+            130,
+            0,
+            1,
+            0,
+            drop,
+        ),
+        (
+            "MLDv2 report with hop limit 64",
+            "fe80::5",
+            "ff02::16",
+            143,
+            0,
+            64,
+            0,
+            drop,
+        ),
+    ];
+    for (name, src, dst, ty, code, limit, len, expect) in cases {
+        let m = b.marker();
+        let mut p = icmp6(src, dst, ty, code, &m);
+        if len > 0 {
+            // 40 bytes of IPv6 header and 8 of ICMPv6 header.
+            p.payload.resize(len - 48, b'.');
+        }
+        // Multicast is not forwarded; everything else is dropped.
+        b.case(name, vec![hop_limit(p.ip(), limit)], &[], &m, expect, false);
+    }
+
+    // RFC 6980: never in fragments, not even in an atomic one.
+    let m = b.marker();
+    let mut p = icmp6(OFF_LINK6, WEB6, NS, 0, &m);
+    p.ident = 0x6980;
+    b.case(
+        "NS in an atomic fragment",
+        vec![hop_limit(p.fragment(0, 200, false), 255)],
+        &[],
+        &m,
+        drop,
+        false,
+    );
+    let m = b.marker();
+    let mut p = icmp6(OFF_LINK6, WEB6, NS, 0, &m);
+    p.ident = 0x6981;
+    b.case(
+        "NS in two fragments",
+        vec![
+            hop_limit(p.fragment(0, 24, true), 255),
+            hop_limit(p.fragment(3, 200, false), 255),
+        ],
+        &[],
+        &m,
+        &[("drop_no_rule", 1), ("drop_fragment", 1)],
+        false,
     );
 }

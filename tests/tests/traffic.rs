@@ -11,10 +11,11 @@ use segment_tests::{
     lab::Lab,
     policies::LAB_POLICY,
     traffic::{
-        LONG, RawLink, SHORT, Tcp, ip, ping, sa, tcp_echo_server, tcp_exchange, udp_echo_server,
-        udp_exchange, udp_send,
+        LONG, RawLink, SHORT, Tcp, assert_tcp, ip, ping, sa, tcp_echo_server, tcp_exchange,
+        udp_echo_server, udp_exchange, udp_send,
     },
     vlan::Trunk,
+    wait,
 };
 
 #[test]
@@ -28,29 +29,24 @@ fn tcp_follows_the_policy_in_one_direction_only() {
 
     // Allowed: the connection opens and data flows both ways (the replies
     // pass through conntrack, no rule allows db → web).
-    assert_eq!(
-        tcp_exchange(&web.ns, None, sa(db.ip4(), 5432), LONG),
-        Tcp::Echoed
-    );
+    assert_tcp(&web.ns, None, sa(db.ip4(), 5432), Tcp::Echoed);
     // carol is an admin; alice, on the same laptop, is not.
-    assert_eq!(
-        tcp_exchange(&laptop.ns, Some(ip("10.10.9.7")), sa(db.ip4(), 22), LONG),
-        Tcp::Echoed
+    assert_tcp(
+        &laptop.ns,
+        Some(ip("10.10.9.7")),
+        sa(db.ip4(), 22),
+        Tcp::Echoed,
     );
-    assert_eq!(
-        tcp_exchange(&laptop.ns, Some(ip("10.10.9.5")), sa(db.ip4(), 22), SHORT),
-        Tcp::TimedOut
+    assert_tcp(
+        &laptop.ns,
+        Some(ip("10.10.9.5")),
+        sa(db.ip4(), 22),
+        Tcp::TimedOut,
     );
     // Denied: a timeout, not a refusal (the SYN never reached db).
-    assert_eq!(
-        tcp_exchange(&web.ns, None, sa(db.ip4(), 22), SHORT),
-        Tcp::TimedOut
-    );
+    assert_tcp(&web.ns, None, sa(db.ip4(), 22), Tcp::TimedOut);
     // The reverse of a directional rule is refused.
-    assert_eq!(
-        tcp_exchange(&db.ns, None, sa(web.ip4(), 5432), SHORT),
-        Tcp::TimedOut
-    );
+    assert_tcp(&db.ns, None, sa(web.ip4(), 5432), Tcp::TimedOut);
     // A port nobody listens on, but allowed: the RST comes back.
     assert_eq!(
         tcp_exchange(&laptop.ns, None, sa(web.ip4(), 80), LONG),
@@ -89,22 +85,10 @@ fn ipv6_is_enforced() {
     let _agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
     let _s1 = tcp_echo_server(&web.ns, sa(web.ip6(), 8443));
     let _s2 = tcp_echo_server(&db.ns, sa(db.ip6(), 5432));
-    assert_eq!(
-        tcp_exchange(&laptop.ns, None, sa(web.ip6(), 8443), LONG),
-        Tcp::Echoed
-    );
-    assert_eq!(
-        tcp_exchange(&web.ns, None, sa(db.ip6(), 5432), LONG),
-        Tcp::Echoed
-    );
-    assert_eq!(
-        tcp_exchange(&laptop.ns, None, sa(db.ip6(), 5432), SHORT),
-        Tcp::TimedOut
-    );
-    assert_eq!(
-        tcp_exchange(&db.ns, None, sa(web.ip6(), 8443), SHORT),
-        Tcp::TimedOut
-    );
+    assert_tcp(&laptop.ns, None, sa(web.ip6(), 8443), Tcp::Echoed);
+    assert_tcp(&web.ns, None, sa(db.ip6(), 5432), Tcp::Echoed);
+    assert_tcp(&laptop.ns, None, sa(db.ip6(), 5432), Tcp::TimedOut);
+    assert_tcp(&db.ns, None, sa(web.ip6(), 8443), Tcp::TimedOut);
 }
 
 #[test]
@@ -118,8 +102,15 @@ fn exactly_n_denied_packets_are_counted_for_their_segments() {
         .collect();
     const N: usize = 37;
     udp_send(&laptop.ns, Some(ip("10.10.9.5")), sa(db.ip4(), 9999), N);
-    std::thread::sleep(Duration::from_millis(300));
-    let stats = agent.stats();
+    let stats = wait::until("the drops counted", Duration::from_secs(10), || {
+        let s = agent.stats();
+        let db = s["segments"]
+            .as_array()?
+            .iter()
+            .find(|x| x["name"] == "tag:db-server")?["dropped_packets"]
+            .as_u64()?;
+        (db - before[2] >= N as u64).then_some(s)
+    });
     for (i, name) in ["tag:staff", "alice", "tag:db-server", "db"]
         .iter()
         .enumerate()

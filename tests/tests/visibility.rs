@@ -14,10 +14,12 @@ use segment_tests::{
     lab::Lab,
     netns::Netns,
     policies::LAB_POLICY,
+    process::rss_kib,
     traffic::{
-        LONG, SHORT, Tcp, ip, ping, sa, tcp_echo_server, tcp_exchange, udp_echo_server,
+        LONG, SHORT, Tcp, assert_tcp, ip, ping, sa, tcp_echo_server, tcp_exchange, udp_echo_server,
         udp_exchange, udp_send,
     },
+    wait,
 };
 
 /// GET /metrics from the agent's default address, inside its namespace.
@@ -74,8 +76,10 @@ fn denied_packets_show_in_metrics_and_the_flow_log() {
     let n_before = sample(&before, "segment_packets_total", &dropped);
     const N: usize = 30;
     udp_send(&laptop.ns, Some(ip("10.10.9.5")), sa(db.ip4(), 9999), N);
-    std::thread::sleep(Duration::from_millis(400));
-    let after = scrape(&lab.gw);
+    let after = wait::until("the drops in the metrics", Duration::from_secs(10), || {
+        let m = scrape(&lab.gw);
+        (sample(&m, "segment_packets_total", &dropped) - n_before >= N as f64).then_some(m)
+    });
     assert_eq!(
         sample(&after, "segment_packets_total", &dropped) - n_before,
         N as f64
@@ -126,10 +130,14 @@ fn denied_packets_show_in_metrics_and_the_flow_log() {
     }
 
     // The flow log has one record per denied packet (well under the rate limit).
-    let records: Vec<_> = flows(&agent)
-        .into_iter()
-        .filter(|r| r["dport"] == 9999)
-        .collect();
+    // (The agent reads the ring buffer every 100 ms.)
+    let records = wait::until("the flow records", Duration::from_secs(10), || {
+        let r: Vec<_> = flows(&agent)
+            .into_iter()
+            .filter(|r| r["dport"] == 9999)
+            .collect();
+        (r.len() >= N).then_some(r)
+    });
     assert_eq!(records.len(), N, "{records:?}");
     let r = &records[0];
     assert_eq!(r["verdict"], "dropped");
@@ -162,23 +170,16 @@ fn denied_packets_show_in_metrics_and_the_flow_log() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_flood_of_a_million_denied_packets_is_counted_not_hoarded() {
     let lab = Lab::standard();
     let (db, laptop) = (lab.host("db"), lab.host("laptop"));
     let agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
-    std::thread::sleep(Duration::from_millis(300));
-    let rss_before = rss_kib(agent.pid());
+    // Its loop is running (the flow log open) before memory is measured.
+    wait::until_true("the agent answers", Duration::from_secs(10), || {
+        command(None, &agent.dirs, &["flows", "--limit", "1"]).0 == 0
+    });
+    let rss_before = rss_kib(agent.pid()).expect("the agent's VmRSS");
     let stats = agent.stats();
     let (w0, s0) = (
         stats["flow_log"]["written"].as_u64().unwrap(),
@@ -191,20 +192,26 @@ fn a_flood_of_a_million_denied_packets_is_counted_not_hoarded() {
         sa(db.ip4(), 7777),
         N as usize,
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    let stats = agent.stats();
-    let (w1, s1) = (
-        stats["flow_log"]["written"].as_u64().unwrap(),
-        stats["flow_log"]["suppressed"].as_u64().unwrap(),
-    );
-    let alice = stats["segments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "alice")
-        .unwrap()
-        .clone();
-    let dropped = alice["dropped_packets"].as_u64().unwrap();
+    // Until every drop counted so far is accounted for (and two reads agree:
+    // the flood has drained).
+    let mut last = None;
+    let (w1, s1, dropped) =
+        wait::until("every drop accounted for", Duration::from_secs(30), || {
+            let stats = agent.stats();
+            let w1 = stats["flow_log"]["written"].as_u64().unwrap();
+            let s1 = stats["flow_log"]["suppressed"].as_u64().unwrap();
+            let dropped = stats["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == "alice")
+                .and_then(|a| a["dropped_packets"].as_u64())
+                .unwrap_or(0);
+            let now = (w1, s1, dropped);
+            let settled = last == Some(now) && (w1 - w0) + (s1 - s0) == dropped;
+            last = Some(now);
+            settled.then_some(now)
+        });
     // Whatever the sender managed to push through the kernel, every drop is
     // accounted for: written to the log or counted as suppressed.
     assert!(
@@ -219,13 +226,16 @@ fn a_flood_of_a_million_denied_packets_is_counted_not_hoarded() {
         s1 - s0
     );
     assert!(s1 - s0 > 0, "the rate limit engaged");
-    let rss_after = rss_kib(agent.pid());
+    let rss_after = rss_kib(agent.pid()).expect("the agent's VmRSS");
     assert!(
         rss_after < rss_before + 32 * 1024,
         "agent memory grew from {rss_before} KiB to {rss_after} KiB"
     );
     // The flow log is still usable, and bounded.
-    let records = flows(&agent);
+    let records = wait::until("flow records read", Duration::from_secs(10), || {
+        let r = flows(&agent);
+        (!r.is_empty()).then_some(r)
+    });
     assert!(
         !records.is_empty() && records.len() <= 10_000,
         "{}",
@@ -314,15 +324,16 @@ fn observe_then_suggest_allows_exactly_the_observed_traffic() {
     let dirs = agent.dirs.clone();
     let observer =
         std::thread::spawn(move || command(None, &dirs, &["observe", "--duration", "4s"]));
-    std::thread::sleep(Duration::from_millis(500));
+    wait::until_true("the observation started", Duration::from_secs(10), || {
+        agent.log().contains("observing every new flow")
+    });
     // The traffic to take inventory of.
-    assert_eq!(
-        tcp_exchange(&web.ns, None, sa(db.ip4(), 5432), LONG),
-        Tcp::Echoed
-    );
-    assert_eq!(
-        tcp_exchange(&laptop.ns, Some(ip("10.10.9.5")), sa(web.ip4(), 80), LONG),
-        Tcp::Echoed
+    assert_tcp(&web.ns, None, sa(db.ip4(), 5432), Tcp::Echoed);
+    assert_tcp(
+        &laptop.ns,
+        Some(ip("10.10.9.5")),
+        sa(web.ip4(), 80),
+        Tcp::Echoed,
     );
     assert!(ping(&laptop.ns, Some(ip("10.10.9.5")), web.ip4(), LONG));
     assert!(udp_exchange(&web.ns, None, sa(db.ip4(), 5353), LONG));
@@ -348,9 +359,11 @@ fn observe_then_suggest_allows_exactly_the_observed_traffic() {
         Tcp::Echoed,
         "{suggested}"
     );
-    assert_eq!(
-        tcp_exchange(&laptop.ns, Some(ip("10.10.9.5")), sa(web.ip4(), 80), LONG),
-        Tcp::Echoed
+    assert_tcp(
+        &laptop.ns,
+        Some(ip("10.10.9.5")),
+        sa(web.ip4(), 80),
+        Tcp::Echoed,
     );
     assert!(ping(&laptop.ns, Some(ip("10.10.9.5")), web.ip4(), LONG));
     assert!(udp_exchange(&web.ns, None, sa(db.ip4(), 5353), LONG));
@@ -370,4 +383,54 @@ fn observe_then_suggest_allows_exactly_the_observed_traffic() {
     }
     assert!(!ping(&web.ns, None, laptop.ip4(), SHORT));
     assert!(!udp_exchange(&laptop.ns, None, sa(db.ip4(), 5353), SHORT));
+}
+
+/// Hits of rule `index` in the policy in force, from `stats --json`.
+fn rule_hits(agent: &Agent, index: usize) -> u64 {
+    let stats = agent.stats();
+    let rule = stats["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["index"] == index))
+        .unwrap_or_else(|| panic!("no rule {index} in {stats}"));
+    rule["hits"].as_u64().expect("hits")
+}
+
+#[test]
+fn rule_hits_start_afresh_in_a_slot_that_is_written_again() {
+    // A slot's hit counters are emptied and kept when the next policy
+    // written into it fits them; counts of the policy the slot held before
+    // must not show up under the new one.
+    let lab = Lab::standard();
+    let (web, db) = (lab.host("web"), lab.host("db"));
+    let _s = tcp_echo_server(&db.ns, sa(db.ip4(), 5432));
+    let agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
+    let to_db = sa(db.ip4(), 5432);
+    for _ in 0..2 {
+        assert_tcp(&web.ns, None, to_db, Tcp::Echoed);
+    }
+    // Each new flow is judged once per hook it crosses on the gateway.
+    let two_flows = wait::until("the hits of two flows", Duration::from_secs(10), || {
+        let h = rule_hits(&agent, 0);
+        (h >= 2 && h.is_multiple_of(2)).then_some(h)
+    });
+    let per_flow = two_flows / 2;
+    // Generation 2 into the other slot, then the original policy back into
+    // the slot that counted those flows.
+    let changed = LAB_POLICY.replace("dst: [tag:web:80]", "dst: [tag:web:81]");
+    let other = agent.dirs.state.join("changed.yaml");
+    std::fs::write(&other, &changed).unwrap();
+    let same = agent.dirs.state.join("same.yaml");
+    std::fs::write(&same, LAB_POLICY).unwrap();
+    for (path, generation) in [(&other, 2), (&same, 3)] {
+        let (code, out, err) = command(None, &agent.dirs, &["apply", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(agent.stats()["generation"], generation, "{out}{err}");
+    }
+    assert_eq!(rule_hits(&agent, 0), 0, "counts of generation 1 survived");
+    assert_tcp(&web.ns, None, to_db, Tcp::Echoed);
+    let one_flow = wait::until("the hits of one flow", Duration::from_secs(10), || {
+        let h = rule_hits(&agent, 0);
+        (h >= per_flow).then_some(h)
+    });
+    assert_eq!(one_flow, per_flow);
 }

@@ -4,7 +4,9 @@
 //!
 //! * System packages: bpftool, iproute2, ethtool and util-linux (nsenter)
 //!   for the datapath and tests; nftables, iptables and ipset for the
-//!   benchmark's comparisons; LLVM 22 development files for bpf-linker.
+//!   benchmark's comparisons; LLVM 22 development files for bpf-linker;
+//!   etcd-server, protobuf-compiler and libprotobuf-dev for the fleet (the
+//!   policy store and the etcd client's build).
 //! * A compiler able to build `-Z build-std=core` for `bpfel-unknown-none`:
 //!   rustup's nightly if it has the `rust-src` component, otherwise
 //!   Debian's `rustc-web`/`cargo-web` with their sources `rust-web-src`.
@@ -26,6 +28,14 @@ const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+    // The fleet: etcd for `run --store`, the store tests and the demo;
+    // protoc and the well-known .proto files for etcd-client's build script
+    // (it ships no generated code, and protoc alone lacks descriptor.proto).
+    "etcd-server",
+    // etcdctl: the store test runs README's RBAC commands with it.
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 const DEBIAN_RUST: &[&str] = &["rustc-web", "cargo-web", "rust-web-src"];
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -10,10 +10,30 @@ use super::{
 };
 use crate::policy::SegmentKind;
 
-pub fn run(path: &Path, json_out: bool) -> anyhow::Result<Outcome> {
-    let Some((policy, compiled)) = load_and_compile(path, json_out) else {
+pub fn run(path: &Path, inventory: Option<&Path>, json_out: bool) -> anyhow::Result<Outcome> {
+    let Some((policy, compiled)) = load_and_compile(path, inventory, json_out) else {
         return Ok(Outcome::Rejected);
     };
+    let test_count = match &policy.test_bed {
+        Some(bed) => bed.tests.len(),
+        None => policy.tests.len(),
+    };
+    // Named segments that rules use but that hold no address.
+    let used: std::collections::BTreeSet<u32> = policy
+        .rules
+        .iter()
+        .flat_map(|r| r.src.iter().chain(r.dst.iter().map(|d| &d.selector)))
+        .filter_map(|s| match s {
+            crate::policy::Selector::Segment(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    let empty: Vec<String> = used
+        .iter()
+        .map(|id| policy.segment(*id))
+        .filter(|s| s.prefixes.is_empty())
+        .map(|s| s.reference())
+        .collect();
     let s = &compiled.sizes;
     let count = |k: SegmentKind| policy.segments.iter().filter(|s| s.kind == k).count();
     let failsafe = policy.rules.iter().filter(|r| r.is_failsafe()).count();
@@ -30,7 +50,7 @@ pub fn run(path: &Path, json_out: bool) -> anyhow::Result<Outcome> {
                 "hosts": count(SegmentKind::Host),
                 "rules": s.rules,
                 "failsafe_rules": failsafe,
-                "tests": policy.tests.len(),
+                "tests": test_count,
                 "identities": s.identities,
                 "src_classes": s.src_classes,
                 "dst_classes": s.dst_classes,
@@ -43,6 +63,9 @@ pub fn run(path: &Path, json_out: bool) -> anyhow::Result<Outcome> {
                 "mode": policy.mode,
             },
             "warnings": policy.warnings,
+            "not_enforced": policy.not_enforced,
+            "no_address": empty,
+            "membership": policy.membership,
         }));
         return Ok(Outcome::Success);
     }
@@ -60,8 +83,8 @@ pub fn run(path: &Path, json_out: bool) -> anyhow::Result<Outcome> {
         "  rules         {} ({} failsafe, {} acls), {} tests",
         s.rules,
         failsafe,
-        s.rules - failsafe,
-        policy.tests.len()
+        s.rules.saturating_sub(failsafe),
+        test_count
     );
     println!(
         "  identities    {} (source classes {}, destination classes {})",
@@ -86,6 +109,35 @@ pub fn run(path: &Path, json_out: bool) -> anyhow::Result<Outcome> {
         on_off(policy.enforce.egress),
         policy.mode.as_str()
     );
+    if !empty.is_empty() {
+        println!(
+            "  no address    {} (used by rules; give an inventory whose devices they cover)",
+            empty.join(", ")
+        );
+    }
+    if !policy.membership.is_empty() {
+        println!("  tag claims of inventory devices:");
+        for m in &policy.membership {
+            println!(
+                "    {} {} {}{}: {}",
+                if m.granted { "granted" } else { "REFUSED" },
+                m.device,
+                m.tag,
+                if m.origin.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", m.origin)
+                },
+                m.reason
+            );
+        }
+    }
+    if !policy.not_enforced.is_empty() {
+        println!("  not enforced by segment:");
+        for n in &policy.not_enforced {
+            println!("    {n}");
+        }
+    }
     Ok(Outcome::Success)
 }
 
@@ -98,9 +150,21 @@ fn on_off(b: bool) -> &'static str {
 fn estimate_map_bytes(c: &crate::compile::Compiled) -> u64 {
     const LPM_NODE_OVERHEAD: u64 = 48;
     const HASH_ELEM_OVERHEAD: u64 = 48;
-    let v4 = c.sizes.prefixes_v4 as u64 * (LPM_NODE_OVERHEAD + 4 + 16);
-    let v6 = c.sizes.prefixes_v6 as u64 * (LPM_NODE_OVERHEAD + 16 + 16);
-    let rules = c.sizes.rule_entries as u64 * (HASH_ELEM_OVERHEAD + 16 + 8);
-    let ports = u64::from(segment_common::PORT_CLASS_ENTRIES) * 8;
-    v4 + v6 + rules + ports
+    let bytes = |n: usize, each: u64| (n as u64).saturating_mul(each);
+    let v4 = bytes(
+        c.sizes.prefixes_v4,
+        LPM_NODE_OVERHEAD.saturating_add(4 + 16),
+    );
+    let v6 = bytes(
+        c.sizes.prefixes_v6,
+        LPM_NODE_OVERHEAD.saturating_add(16 + 16),
+    );
+    let rules = bytes(
+        c.sizes.rule_entries,
+        HASH_ELEM_OVERHEAD.saturating_add(16 + 8),
+    );
+    let ports = u64::from(segment_common::PORT_CLASS_ENTRIES).saturating_mul(8);
+    v4.saturating_add(v6)
+        .saturating_add(rules)
+        .saturating_add(ports)
 }

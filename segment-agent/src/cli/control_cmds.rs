@@ -7,12 +7,22 @@ use anyhow::Result;
 
 use super::{Outcome, output::print_json, run::DirArgs};
 use crate::{
-    control::{Request, Response, parse_duration, request},
+    control::{ErrorKind, Request, Response, parse_duration, request},
     policy,
 };
 
 #[derive(Debug, clap::Args)]
 pub struct DirOnly {
+    #[command(flatten)]
+    pub dirs: DirArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReloadArgs {
+    /// Apply the file even if it drops failsafe entries the running policy
+    /// has (otherwise refused, with the entries it would drop).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub dirs: DirArgs,
 }
@@ -33,36 +43,45 @@ pub struct ApplyArgs {
     /// (e.g. 60s, 5m).
     #[arg(long, value_parser = parse_duration)]
     pub confirm_within: Option<Duration>,
+    /// Apply it even if it drops failsafe entries the running policy has
+    /// (otherwise refused, with the entries it would drop).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub dirs: DirArgs,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn outcome(resp: Response) -> Outcome {
-    if resp.ok {
-        println!("{}", resp.message);
-        Outcome::Success
-    } else {
-        eprintln!("{}", resp.message);
-        Outcome::Rejected
+/// Prints the agent's answer; the exit code follows its kind: 0 done, 1 the
+/// input was refused (nothing applied), 2 an operational failure (the
+/// message says whether the policy was applied anyway).
+pub(super) fn outcome(resp: Response) -> Result<Outcome> {
+    match resp.error_kind() {
+        None => {
+            println!("{}", resp.message);
+            Ok(Outcome::Success)
+        }
+        Some(ErrorKind::Invalid) => {
+            eprintln!("{}", resp.message);
+            Ok(Outcome::Rejected)
+        }
+        Some(ErrorKind::Operational | ErrorKind::NotPermitted) => {
+            Err(anyhow::anyhow!(resp.message))
+        }
     }
 }
 
-pub fn reload(args: DirOnly) -> Result<Outcome> {
-    Ok(outcome(request(
+pub fn reload(args: ReloadArgs) -> Result<Outcome> {
+    outcome(request(
         &args.dirs.paths(),
-        &Request::Reload,
+        &Request::Reload { force: args.force },
         TIMEOUT,
-    )?))
+    )?)
 }
 
 pub fn confirm(args: DirOnly) -> Result<Outcome> {
-    Ok(outcome(request(
-        &args.dirs.paths(),
-        &Request::Confirm,
-        TIMEOUT,
-    )?))
+    outcome(request(&args.dirs.paths(), &Request::Confirm, TIMEOUT)?)
 }
 
 pub fn apply(args: ApplyArgs) -> Result<Outcome> {
@@ -79,8 +98,9 @@ pub fn apply(args: ApplyArgs) -> Result<Outcome> {
         name: policy.source.name.clone(),
         policy: policy.source.text.clone(),
         confirm_within_secs: args.confirm_within.map(|d| d.as_secs_f64()),
+        force: args.force,
     };
-    Ok(outcome(request(&args.dirs.paths(), &req, TIMEOUT)?))
+    outcome(request(&args.dirs.paths(), &req, TIMEOUT)?)
 }
 
 pub fn status(args: StatusArgs) -> Result<Outcome> {

@@ -8,6 +8,7 @@ use log::info;
 use segment_common::map_names;
 
 use super::{Outcome, run::DirArgs};
+use crate::agent::startup::pin_lock_file;
 use crate::datapath::{
     loader::{detach_iface, pinned_interfaces, remove_pin},
     state::State,
@@ -48,15 +49,16 @@ pub fn run(args: DetachArgs) -> Result<Outcome> {
         && let Some(pid) = running_agent(&paths)
     {
         anyhow::bail!(
-            "an agent (pid {pid}) is running with this state directory; stop it first, or pass --force"
+            "an agent (pid {pid}) is running with this state or pin directory; stop it first, or pass --force"
         );
     }
+    let pin_lock = pin_lock_file(&paths.pin_dir);
     let ifaces = pinned_interfaces(&paths);
     for iface in &ifaces {
         detach_iface(&paths, iface)?;
         println!("detached from {iface}");
     }
-    for name in [map_names::PROG_INGRESS, map_names::PROG_EGRESS] {
+    for name in map_names::PROGRAMS {
         remove_pin(&paths.program(name))?;
     }
     for name in map_names::ALL {
@@ -76,6 +78,7 @@ pub fn run(args: DetachArgs) -> Result<Outcome> {
     }
     let _ = std::fs::remove_dir(paths.links_dir());
     let _ = std::fs::remove_dir(&paths.pin_dir);
+    remove_pin_lock(&pin_lock);
     for f in [
         paths.state_file(),
         paths.slot_policy(0),
@@ -92,19 +95,38 @@ pub fn run(args: DetachArgs) -> Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// The pid of an agent holding the state directory lock, if any.
+/// The pid of an agent holding the state directory's or the pin
+/// directory's lock, if any.
 pub fn running_agent(paths: &crate::datapath::Paths) -> Option<String> {
+    holder(&paths.lock_file()).or_else(|| holder(&pin_lock_file(&paths.pin_dir)))
+}
+
+/// The pid written in a lock file that someone holds.
+fn holder(lock: &std::path::Path) -> Option<String> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(paths.lock_file()).ok()?;
+    let file = std::fs::File::open(lock).ok()?;
     // SAFETY: flock on a file descriptor we own; released when it closes.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
     if rc == 0 {
         return None;
     }
     Some(
-        std::fs::read_to_string(paths.lock_file())
+        std::fs::read_to_string(lock)
             .unwrap_or_default()
             .trim()
             .to_owned(),
     )
+}
+
+/// Removes a pin directory's lock file, only while holding the lock (so an
+/// agent starting right now cannot be left holding an unlinked one).
+fn remove_pin_lock(lock: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(lock) else {
+        return;
+    };
+    // SAFETY: flock on a file descriptor we own; released when it closes.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        let _ = std::fs::remove_file(lock);
+    }
 }

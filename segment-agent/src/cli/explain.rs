@@ -42,6 +42,10 @@ pub struct Explanation {
     pub action: &'static str,
     pub rule: Option<RuleRef>,
     pub reason: String,
+    /// Whether the compiled tables (what the datapath is loaded with) give
+    /// the same first rule as the reference evaluator. Always true unless
+    /// the compiler has a bug.
+    pub tables_agree: bool,
     pub src: Endpoint,
     pub dst: Endpoint,
     pub proto: String,
@@ -49,8 +53,10 @@ pub struct Explanation {
     pub dport: Option<u16>,
 }
 
-/// Explains a packet against a compiled policy (used by `explain` and by
-/// the live checks of the datapath).
+/// Explains a packet: the verdict and rule come from the reference
+/// evaluator (`eval::first_match`, which reads the policy rule by rule),
+/// the segments of both ends from the compiled identities. The compiled
+/// tables' own answer is computed too and must agree (see `run`).
 pub fn explain(
     policy: &Policy,
     compiled: &Compiled,
@@ -75,10 +81,13 @@ pub fn explain(
             })
             .unwrap_or_default(),
     };
-    let rule = compiled.rule_for(s.src_class, d.dst_class, proto, dport);
+    let rule = crate::eval::first_match(policy, src, dst, proto, dport);
+    let tables = compiled
+        .rule_for(s.src_class, d.dst_class, proto, dport)
+        .map(|v| v.rule as usize);
     let audit = d.flags & IDENTITY_F_AUDIT != 0;
     let (verdict, action, reason) = match rule {
-        Some(v) => ("allow", "pass", format!("allowed by {}", policy.rules[v.rule as usize].label())),
+        Some(i) => ("allow", "pass", format!("allowed by {}", policy.rules[i].label())),
         None if audit => (
             "drop",
             "pass (audit)",
@@ -89,10 +98,11 @@ pub fn explain(
     Explanation {
         verdict,
         action,
-        rule: rule.map(|v| {
-            let r = &policy.rules[v.rule as usize];
+        tables_agree: tables == rule,
+        rule: rule.map(|i| {
+            let r = &policy.rules[i];
             RuleRef {
-                index: v.rule as usize,
+                index: i,
                 label: r.label(),
                 text: r.text.clone(),
                 failsafe: r.is_failsafe(),
@@ -107,8 +117,10 @@ pub fn explain(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     path: &Path,
+    inventory: Option<&Path>,
     src: IpAddr,
     dst: IpAddr,
     proto: &str,
@@ -126,12 +138,47 @@ pub fn run(
     if src.is_ipv4() != dst.is_ipv4() {
         return Err(anyhow!("--src and --dst must both be IPv4 or both IPv6"));
     }
-    let Some((policy, compiled)) = load_and_compile(path, json_out) else {
+    let Some((policy, compiled)) = load_and_compile(path, inventory, json_out) else {
         return Ok(Outcome::Rejected);
     };
     let e = explain(&policy, &compiled, src, dst, proto, dport);
+    if !e.tables_agree {
+        // The verdict shown is the reference evaluator's; the datapath is
+        // loaded from the compiled tables. Never hide a disagreement.
+        eprintln!(
+            "internal error: the compiled tables disagree with the reference evaluator for this packet; please report it with the policy"
+        );
+    }
     let live = match live {
         Some(paths) => Some(live_view(&paths, &e, src, dst, proto, dport)?),
+        None => None,
+    };
+    // Which inventory records made the two addresses members of what.
+    let records = match inventory {
+        Some(p) => {
+            let inv = crate::policy::Inventory::load(p).unwrap_or_default();
+            let of = |a: IpAddr| -> Vec<serde_json::Value> {
+                inv.devices
+                    .iter()
+                    .filter(|d| d.addresses.contains(&a))
+                    .map(|d| {
+                        let tags: Vec<&str> = policy
+                            .membership
+                            .iter()
+                            .filter(|m| m.device == d.name && m.granted)
+                            .map(|m| m.tag.as_str())
+                            .collect();
+                        serde_json::json!({
+                            "device": d.name,
+                            "origin": d.origin,
+                            "owner": d.owner,
+                            "granted_tags": tags,
+                        })
+                    })
+                    .collect()
+            };
+            Some((of(src), of(dst)))
+        }
         None => None,
     };
     if json_out {
@@ -139,9 +186,37 @@ pub fn run(
         if let Some(l) = &live {
             v["live"] = l.clone();
         }
+        if let Some((s, d)) = &records {
+            v["inventory"] = serde_json::json!({"src": s, "dst": d});
+        }
         print_json(&v);
     } else {
         print_text(&e);
+        if let Some((s, d)) = &records {
+            for (end, list) in [("src", s), ("dst", d)] {
+                for r in list {
+                    println!(
+                        "{end}:     inventory device {} ({}){}{}",
+                        r["device"].as_str().unwrap_or_default(),
+                        r["origin"].as_str().unwrap_or_default(),
+                        r["owner"]
+                            .as_str()
+                            .map(|o| format!(", owner {o}"))
+                            .unwrap_or_default(),
+                        match r["granted_tags"].as_array() {
+                            Some(t) if !t.is_empty() => format!(
+                                ", granted {}",
+                                t.iter()
+                                    .filter_map(|x| x.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            }
+        }
         if let Some(l) = &live {
             println!(
                 "live:    {}  ({}) — the loaded datapath, generation {}, {}",
@@ -160,6 +235,11 @@ pub fn run(
                 );
             }
         }
+    }
+    if !e.tables_agree {
+        return Err(anyhow!(
+            "the compiled tables disagree with the reference evaluator"
+        ));
     }
     Ok(Outcome::Success)
 }

@@ -5,18 +5,22 @@
 //! * 0 — success (the policy is valid, every test holds, the command did its job);
 //! * 1 — the policy is invalid or a test assertion fails (nothing was applied);
 //! * 2 — usage error, or an operational failure (no permission, no interface,
-//!   the kernel refused a program, ...).
+//!   the kernel refused a program, the store is unreachable, ...);
+//! * 3 — `publish --if-revision N`: someone published after N (nothing written).
+
+#![warn(clippy::arithmetic_side_effects)]
 
 mod check;
 mod control_cmds;
-pub mod daemon;
+mod convert;
 mod detach;
 pub mod explain;
-mod metrics;
+pub mod fleet;
 mod output;
 mod policy_tests;
+mod publish;
 pub mod run;
-pub mod stats;
+mod stats;
 mod visibility;
 
 use std::path::PathBuf;
@@ -29,6 +33,8 @@ pub enum Outcome {
     Success,
     /// The input is wrong (invalid policy, failing test): exit 1.
     Rejected,
+    /// A conditional write lost the race (`publish --if-revision`): exit 3.
+    Conflict,
 }
 
 #[derive(Parser, Debug)]
@@ -41,7 +47,7 @@ ports) on this host's interfaces: an XDP program judges what comes in, a TC prog
 out, default deny, with connection tracking and per-segment counters.\n\n\
 Start with `segment-agent example > policy.yaml`, then `check`, `test` and `explain` it \
 offline before you `run` it (ideally with `mode: audit` first).",
-    after_help = "Exit codes: 0 success, 1 invalid policy or failing test, 2 usage or operational error."
+    after_help = "Exit codes: 0 success, 1 invalid policy or failing test, 2 usage or operational error (store unreachable), 3 publish --if-revision conflict."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -55,8 +61,13 @@ pub enum Command {
     /// Exits 0 when the policy is valid, 1 when it is not (with every error,
     /// its file, line and column, and how to fix it).
     Check {
-        /// The policy file (YAML).
+        /// The policy file: segment's YAML, or a Tailscale policy file
+        /// (`.hujson`/`.json`, or content starting with `{`).
         policy: PathBuf,
+        /// Devices (name, addresses, owner, tags) and users (login, roles),
+        /// YAML or JSON: where users' and tags' addresses come from.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
         /// Print a JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -67,6 +78,9 @@ pub enum Command {
     /// to every address of its destination. Exits 0 when all hold, else 1.
     Test {
         policy: PathBuf,
+        /// Devices and users (YAML or JSON), as for `check`.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +88,9 @@ pub enum Command {
     /// segments of both ends.
     Explain {
         policy: PathBuf,
+        /// Devices and users (YAML or JSON), as for `check`.
+        #[arg(long)]
+        inventory: Option<PathBuf>,
         /// Source address.
         #[arg(long)]
         src: std::net::IpAddr,
@@ -104,7 +121,7 @@ pub enum Command {
     /// adopts what is pinned. The policy file is watched and reloaded on
     /// change or SIGHUP; a policy that fails validation leaves the running
     /// one untouched.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Per-segment allowed/dropped counters, rule hits and drop reasons.
     ///
     /// Reads the pinned maps: works whether or not `run` is alive.
@@ -113,7 +130,7 @@ pub enum Command {
     ///
     /// Exit 0 when the new policy is in force, 1 when it was rejected (the
     /// running policy stays; the reason is printed).
-    Reload(control_cmds::DirOnly),
+    Reload(control_cmds::ReloadArgs),
     /// Apply a policy to the running agent, optionally as a candidate that
     /// rolls back by itself unless confirmed (like `commit confirmed`).
     ///
@@ -141,11 +158,29 @@ pub enum Command {
     /// Which (source, destination, protocol, ports) a new policy newly allows
     /// or newly denies, computed from the compiled tables.
     Diff(visibility::DiffArgs),
+    /// Convert a policy to the other language: a Tailscale policy file (with
+    /// its inventory resolved) to segment's YAML, or YAML to a Tailscale
+    /// policy file (`--to tailscale`). Verdicts are preserved; printed on
+    /// stdout.
+    Convert(convert::ConvertArgs),
     /// Remove segment: programs, links, maps and state (or only the named
     /// interfaces' links).
     Detach(detach::DetachArgs),
     /// Print the built-in example policy (a starting point for your own).
     Example,
+    /// Publish a policy to the fleet's store (etcd), for every `run --store`
+    /// agent to enforce.
+    ///
+    /// Validates, compiles and runs the policy's `tests:` (on its own, then
+    /// with the hosts enrolled now); only if all of that holds is it written,
+    /// in one transaction. Exit 0 published (the store revision is printed),
+    /// 1 invalid or a failing test (nothing written), 2 store unreachable,
+    /// 3 --if-revision conflict (nothing written).
+    Publish(publish::PublishArgs),
+    /// The fleet in the store: enrolled hosts, their tags and convergence;
+    /// retiring a host.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -160,6 +195,7 @@ pub fn main() -> std::process::ExitCode {
     match dispatch(cli) {
         Ok(Outcome::Success) => std::process::ExitCode::SUCCESS,
         Ok(Outcome::Rejected) => std::process::ExitCode::from(1),
+        Ok(Outcome::Conflict) => std::process::ExitCode::from(3),
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -172,10 +208,19 @@ pub fn main() -> std::process::ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
-        Command::Check { policy, json } => check::run(&policy, json),
-        Command::Test { policy, json } => policy_tests::run(&policy, json),
+        Command::Check {
+            policy,
+            inventory,
+            json,
+        } => check::run(&policy, inventory.as_deref(), json),
+        Command::Test {
+            policy,
+            inventory,
+            json,
+        } => policy_tests::run(&policy, inventory.as_deref(), json),
         Command::Explain {
             policy,
+            inventory,
             src,
             dst,
             proto,
@@ -185,6 +230,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             dirs,
         } => explain::run(
             &policy,
+            inventory.as_deref(),
             src,
             dst,
             &proto,
@@ -192,7 +238,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
             json,
             live.then(|| dirs.paths()),
         ),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Stats(args) => stats::run(args),
         Command::Detach(args) => detach::run(args),
         Command::Reload(args) => control_cmds::reload(args),
@@ -203,6 +249,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Observe(args) => visibility::observe(args),
         Command::Suggest(args) => visibility::suggest(args),
         Command::Diff(args) => visibility::diff(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Publish(args) => publish::run(args),
+        Command::Fleet(cmd) => fleet::run(cmd),
         Command::Example => {
             print!("{}", crate::policy::EXAMPLE_POLICY);
             Ok(Outcome::Success)

@@ -7,13 +7,33 @@ use serde_json::json;
 
 use crate::{
     compile::{self, Compiled},
-    policy::{self, Diagnostic, Policy, Severity},
+    policy::{self, Diagnostic, Inventory, Policy, Severity},
 };
 
-/// Loads and compiles `path`. On failure, prints the errors (as JSON when
-/// asked) and returns `None`: the caller exits 1.
-pub fn load_and_compile(path: &Path, json_out: bool) -> Option<(Policy, Compiled)> {
-    let policy = match policy::load(path) {
+/// Loads and compiles `path` (YAML or a Tailscale policy file, by extension
+/// or content), with the devices of `inventory` if given. On failure, prints
+/// the errors (as JSON when asked) and returns `None`: the caller exits 1.
+pub fn load_and_compile(
+    path: &Path,
+    inventory: Option<&Path>,
+    json_out: bool,
+) -> Option<(Policy, Compiled)> {
+    let inv = match inventory.map(Inventory::load).transpose() {
+        Ok(i) => i.unwrap_or_default(),
+        Err(e) => {
+            if json_out {
+                print_json(&json!({
+                    "valid": false,
+                    "file": e.source.name,
+                    "errors": e.diagnostics,
+                }));
+            } else {
+                eprint!("{e}");
+            }
+            return None;
+        }
+    };
+    let policy = match policy::load_with(path, &inv) {
         Ok(p) => p,
         Err(e) => {
             if json_out {
@@ -58,8 +78,6 @@ pub fn print_warnings(policy: &Policy) {
 }
 
 pub fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("JSON values serialize")
-    );
+    // A `Value` always serializes; print nothing rather than panic if not.
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }

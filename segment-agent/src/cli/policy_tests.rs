@@ -10,18 +10,24 @@ use super::{
 };
 use crate::{policy::Expect, verify};
 
-pub fn run(path: &Path, json_out: bool) -> anyhow::Result<Outcome> {
-    let Some((policy, compiled)) = load_and_compile(path, json_out) else {
+pub fn run(path: &Path, inventory: Option<&Path>, json_out: bool) -> anyhow::Result<Outcome> {
+    let Some((policy, compiled)) = load_and_compile(path, inventory, json_out) else {
         return Ok(Outcome::Rejected);
     };
-    let results = verify::run(&policy, &compiled);
+    let results = match verify::run_policy_tests(&policy, &compiled) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: the tests' policy does not compile: {e}");
+            return Ok(Outcome::Rejected);
+        }
+    };
     let passed = results.iter().filter(|r| r.holds).count();
     let all_hold = passed == results.len();
     if json_out {
         print_json(&json!({
             "file": policy.source.name,
             "passed": passed,
-            "failed": results.len() - passed,
+            "failed": results.len().saturating_sub(passed),
             "ok": all_hold,
             "assertions": results,
         }));

@@ -1,37 +1,57 @@
-//! `segment-agent run`: load, attach, enforce, and keep the policy current.
-//!
-//! Order of operations, chosen so that no packet ever meets a half-set-up
-//! datapath: validate and compile the policy (a bad policy stops here, with
-//! nothing touched); load the programs, adopting pinned maps; write the
-//! policy to the inactive slot and switch to it; only then attach — or, if
-//! an earlier agent left pinned links, swap our programs into them
-//! atomically. Stopping the process leaves everything in place. What
-//! happens after that is in `daemon`.
+//! `segment-agent run`: the flags of the running agent. The agent itself
+//! (startup, daemon loop, control and metrics servers, policy source) is
+//! [`crate::agent`].
 
-use std::{
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
-use log::{error, info, warn};
+use anyhow::Result;
 
-use super::{Outcome, daemon::Daemon};
+use super::Outcome;
 use crate::{
-    datapath::{
-        Enforcer, Paths,
-        loader::{self, XdpModeArg},
-        state::Interface,
-    },
-    policy,
+    agent::{self, Config, Ended, StoreSource, WatchedFile},
+    datapath::{Paths, loader::XdpModeArg},
+    store::{StoreArgs, enroll},
 };
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// The policy file. It is watched: saving it reloads the policy (as do
-    /// SIGHUP and `segment-agent reload`).
-    #[arg(long)]
-    pub policy: PathBuf,
+    /// SIGHUP and `segment-agent reload`). Or `--store`.
+    #[arg(long, required_unless_present_any = ["store", "store_config"], conflicts_with_all = ["store", "store_config"])]
+    pub policy: Option<PathBuf>,
+    /// With --policy: an inventory (YAML, JSON or HuJSON: devices with
+    /// addresses, owner and tags; users with roles) that the policy's tags,
+    /// users and groups resolve to — what a Tailscale policy file needs on a
+    /// plain network. Re-read with every reload (SIGHUP, `reload`, a save of
+    /// the policy file).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["store", "store_config"])]
+    pub inventory: Option<PathBuf>,
+    /// Enforce the fleet's policy from the store (etcd) instead of a file,
+    /// and enroll this host: `--store http://10.0.0.1:2379[,URL...]`.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// With --store: this host's name in the fleet [default: the hostname].
+    #[arg(long, value_name = "NAME", conflicts_with = "policy")]
+    pub host: Option<String>,
+    /// With --store: the tags this host claims (granted only as the
+    /// policy's `tagOwners` allows), comma-separated: tag:web,tag:prod.
+    #[arg(
+        long,
+        value_name = "TAGS",
+        value_delimiter = ',',
+        conflicts_with = "policy"
+    )]
+    pub tags: Vec<String>,
+    /// With --store: this host's addresses (repeat) [default: the addresses
+    /// of the --iface interfaces, followed when they change].
+    #[arg(long = "address", value_name = "IP", conflicts_with = "policy")]
+    pub addresses: Vec<std::net::IpAddr>,
+    /// With --store: membership ends this long after the agent last
+    /// refreshed the enrollment (it refreshes every tenth of it, at most
+    /// hourly). A stopped agent does not take its host out of its tags
+    /// before that; `fleet remove` does at once.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_expiry)]
+    pub enrollment_expiry: std::time::Duration,
     /// Interface to enforce on (repeat for several).
     #[arg(long = "iface", required = true)]
     pub ifaces: Vec<String>,
@@ -41,9 +61,24 @@ pub struct RunArgs {
     /// Serve Prometheus metrics on this address (`none` to disable).
     #[arg(long, default_value = "127.0.0.1:9464", value_parser = parse_metrics_addr)]
     pub metrics_addr: MetricsAddr,
-    /// Conntrack table size (entries), used when the table is first created.
-    #[arg(long, default_value_t = segment_common::DEFAULT_CT_ENTRIES)]
-    pub conntrack_size: u32,
+    /// Let this group connect to the control socket (mode 0660 instead of
+    /// 0600): its members may run `status` and `flows`; changing the policy
+    /// still takes root (or the agent's user).
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
+    pub control_group: Option<u32>,
+    /// Confirmed-flow conntrack table size in entries (1,024 to 16,777,216;
+    /// the unconfirmed-flow table gets a quarter of it). Preallocated: about
+    /// 220 bytes of kernel memory per entry, both tables together. Takes
+    /// effect when the tables are created: tables already pinned keep their
+    /// size, and their flows (the agent says so).
+    #[arg(
+        long,
+        visible_alias = "conntrack-size",
+        value_name = "N",
+        default_value_t = segment_common::DEFAULT_CT_ENTRIES,
+        value_parser = parse_ct_entries
+    )]
+    pub conntrack_entries: u32,
     #[command(flatten)]
     pub dirs: DirArgs,
 }
@@ -58,6 +93,51 @@ fn parse_metrics_addr(s: &str) -> std::result::Result<MetricsAddr, String> {
     s.parse()
         .map(|a| MetricsAddr(Some(a)))
         .map_err(|_| format!("`{s}` is not an address:port (e.g. 127.0.0.1:9464) or `none`"))
+}
+
+fn parse_ct_entries(s: &str) -> std::result::Result<u32, String> {
+    let range = crate::datapath::loader::CT_ENTRIES_RANGE;
+    let digits: String = s.chars().filter(|c| *c != '_' && *c != ',').collect();
+    // Wide enough that any run of digits is a number, if out of range.
+    match digits.parse::<u128>() {
+        Ok(n) if n >= u128::from(*range.start()) && n <= u128::from(*range.end()) => Ok(n as u32),
+        Ok(_) => Err(format!(
+            "{s} entries is out of range: give between {} and {} (the default, {}, costs about 55 MiB of kernel memory)",
+            range.start(),
+            range.end(),
+            segment_common::DEFAULT_CT_ENTRIES
+        )),
+        Err(_) => Err(format!("`{s}` is not a number of entries (e.g. 262144)")),
+    }
+}
+
+/// A group name or number.
+fn parse_group(s: &str) -> std::result::Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(s).map_err(|_| format!("bad group name {s:?}"))?;
+    // SAFETY: `libc::group` is plain data (integers and pointers); all-zero is valid.
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into `group` and `buf`, both ours and alive,
+    // and sets `found` to `&group` or null.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(format!(
+            "no group named `{s}` (see /etc/group, or give its number)"
+        ));
+    }
+    Ok(group.gr_gid)
 }
 
 /// Where state lives (both default to the standard locations).
@@ -79,189 +159,79 @@ impl DirArgs {
     }
 }
 
-/// Holds an exclusive lock on the state directory for the agent's lifetime.
-struct AgentLock {
-    _file: std::fs::File,
-}
-
-impl AgentLock {
-    fn acquire(path: &Path) -> Result<Self> {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            bail!(
-                "another segment agent is running with this state directory (pid {}); stop it first, or use --state-dir/--pin-dir for a separate instance",
-                holder.trim()
-            );
-        }
-        std::fs::write(path, std::process::id().to_string())?;
-        Ok(Self { _file: file })
+/// `7d`, `12h`, `30m`, `90s`, ...
+fn parse_expiry(s: &str) -> std::result::Result<std::time::Duration, String> {
+    match s.trim().strip_suffix('d') {
+        Some(days) => days
+            .parse::<f64>()
+            .ok()
+            .filter(|d| d.is_finite() && *d > 0.0)
+            .map(|d| std::time::Duration::from_secs_f64(d * 86_400.0))
+            .ok_or_else(|| format!("`{s}` is not a duration (write e.g. 7d, 12h, 30m)")),
+        None => crate::control::parse_duration(s),
     }
-}
-
-fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name).map_err(|_| anyhow!("bad interface name {name:?}"))?;
-    // SAFETY: a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface named {name} (see `ip link`)");
-    }
-    Ok(i)
 }
 
 pub fn run(args: RunArgs) -> Result<Outcome> {
-    let paths = args.dirs.paths();
-    let policy = match policy::load(&args.policy) {
-        Ok(p) => p,
-        Err(e) => {
+    let config = Config {
+        ifaces: args.ifaces.clone(),
+        xdp_mode: args.xdp_mode,
+        metrics_addr: args.metrics_addr.0,
+        conntrack_size: args.conntrack_entries,
+        control_group: args.control_group,
+        paths: args.dirs.paths(),
+    };
+    let ended = match &args.policy {
+        Some(path) => agent::run(
+            config,
+            WatchedFile::new(path).with_inventory(args.inventory.as_deref()),
+        )?,
+        None => {
+            let cfg = args.store.config()?;
+            let who = enroll::Enrollee {
+                name: args.host.clone().unwrap_or_else(enroll::hostname),
+                addresses: args.addresses.clone(),
+                ifaces: args.ifaces.clone(),
+                tags: args.tags.clone(),
+                expiry: args.enrollment_expiry,
+            };
+            let source = StoreSource::start(cfg, who, config.paths.state_dir.clone())?;
+            agent::run(config, source)?
+        }
+    };
+    match ended {
+        Ended::Stopped => Ok(Outcome::Success),
+        Ended::Invalid(e) => {
             eprint!("{e}");
-            error!("not starting: {}", e.summary());
-            return Ok(Outcome::Rejected);
+            Ok(Outcome::Rejected)
         }
-    };
-    for w in &policy.warnings {
-        warn!("{}", w.message);
-    }
-    // Every interface must exist before anything is attached anywhere.
-    let mut ifaces = Vec::new();
-    for name in &args.ifaces {
-        ifaces.push((name.clone(), ifindex(name)?));
-    }
-
-    std::fs::create_dir_all(&paths.state_dir)
-        .with_context(|| format!("creating {}", paths.state_dir.display()))?;
-    let _lock = AgentLock::acquire(&paths.lock_file())?;
-
-    let level = log_level_for_ebpf();
-    let mut ebpf = loader::load(&paths, level, args.conntrack_size)?;
-    loader::pin_programs(&mut ebpf, &paths)?;
-    let mut enforcer = Enforcer::open(&paths)?;
-    let adopting = enforcer.active_slot()?.is_some();
-    if adopting {
-        info!(
-            "adopting pinned state under {} (policy generation {})",
-            paths.pin_dir.display(),
-            enforcer.state.generation
-        );
-    }
-
-    let started = Instant::now();
-    let (compiled, ids) = match enforcer.compile(&policy) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("{}: {e}", policy.source.name);
-            return Ok(Outcome::Rejected);
-        }
-    };
-    let report = enforcer.apply(&policy, compiled, ids, started.elapsed())?;
-    info!(
-        "policy {} applied as generation {} (slot {}): {} rules, {} identities, {} rule entries; compiled in {:?}, written in {:?}",
-        policy.source.name,
-        report.generation,
-        report.slot,
-        report.sizes.rules,
-        report.sizes.identities,
-        report.sizes.rule_entries,
-        report.compile_time,
-        report.write_time
-    );
-
-    let mut attached = Vec::new();
-    for (name, index) in &ifaces {
-        let same_iface = enforcer
-            .state
-            .interfaces
-            .iter()
-            .any(|i| i.name == *name && i.ifindex == *index);
-        let a = loader::attach_ingress(&mut ebpf, &paths, name, args.xdp_mode, same_iface)?;
-        let egress_adopted = loader::attach_egress(&mut ebpf, &paths, name, same_iface)?;
-        let mode = if a.adopted {
-            enforcer
-                .state
-                .interfaces
-                .iter()
-                .find(|i| i.name == *name)
-                .map(|i| i.xdp_mode.clone())
-                .unwrap_or_else(|| "native".to_owned())
-        } else {
-            a.xdp_mode.to_owned()
-        };
-        info!(
-            "{name}: XDP ingress {} ({mode} mode), TC egress {}",
-            if a.adopted { "adopted" } else { "attached" },
-            if egress_adopted {
-                "adopted"
-            } else {
-                "attached"
-            }
-        );
-        attached.push(Interface {
-            name: name.clone(),
-            ifindex: *index,
-            xdp_mode: mode,
-        });
-    }
-    // Keep interfaces attached by an earlier agent in the record.
-    let mut all = attached.clone();
-    for old in &enforcer.state.interfaces {
-        if !all.iter().any(|i| i.name == old.name)
-            && paths
-                .link(crate::datapath::paths::Hook::Xdp, &old.name)
-                .exists()
-        {
-            all.push(old.clone());
+        Ended::DoesNotCompile { policy, error } => {
+            eprintln!("{policy}: {error}");
+            Ok(Outcome::Rejected)
         }
     }
-    enforcer.set_interfaces(all)?;
-
-    let logger = aya_log::EbpfLogger::init(&mut ebpf);
-    if let Err(e) = &logger {
-        warn!("datapath log messages will not be shown: {e}");
-    }
-
-    info!(
-        "enforcing on {}; stopping this process leaves enforcement in place (pinned under {}); `segment-agent detach` removes it",
-        args.ifaces.join(", "),
-        paths.pin_dir.display()
-    );
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut logger = logger.ok();
-    let mut daemon = Daemon::new(&args.policy, &mut enforcer);
-    runtime.block_on(daemon.serve(args.metrics_addr.0, || {
-        if let Some(l) = logger.as_mut() {
-            l.flush();
-        }
-    }))?;
-    drop(daemon);
-    info!(
-        "agent stopped; enforcement of generation {} stays in place",
-        enforcer.state.generation
-    );
-    Ok(Outcome::Success)
 }
 
-/// The eBPF log level matching the agent's own (`RUST_LOG`), so disabled
-/// levels are pruned by the verifier.
-fn log_level_for_ebpf() -> u8 {
-    // aya-log levels: Error=1, Warn=2, Info=3, Debug=4, Trace=5.
-    match log::max_level() {
-        log::LevelFilter::Off => 0,
-        log::LevelFilter::Error => 1,
-        log::LevelFilter::Warn => 2,
-        log::LevelFilter::Info => 3,
-        log::LevelFilter::Debug => 4,
-        log::LevelFilter::Trace => 5,
+#[cfg(test)]
+mod tests {
+    use super::parse_ct_entries;
+
+    #[test]
+    fn conntrack_entries_in_range_are_taken() {
+        assert_eq!(parse_ct_entries("1024"), Ok(1024));
+        assert_eq!(parse_ct_entries("262_144"), Ok(262_144));
+        assert_eq!(parse_ct_entries("16,777,216"), Ok(1 << 24));
+    }
+
+    #[test]
+    fn conntrack_entries_out_of_range_or_not_numbers_are_refused() {
+        for bad in ["1023", "0", "16777217", "99999999999999999999"] {
+            let e = parse_ct_entries(bad).unwrap_err();
+            assert!(e.contains("between 1024 and 16777216"), "{bad}: {e}");
+        }
+        for bad in ["", "lots", "-5", "1e6"] {
+            let e = parse_ct_entries(bad).unwrap_err();
+            assert!(e.contains("not a number"), "{bad}: {e}");
+        }
     }
 }

@@ -44,8 +44,7 @@ pub fn flows(args: FlowsArgs) -> Result<Outcome> {
             Duration::from_secs(10),
         )?;
         if !resp.ok {
-            eprintln!("{}", resp.message);
-            return Ok(Outcome::Rejected);
+            return super::control_cmds::outcome(resp);
         }
         let records: Vec<FlowRecord> = serde_json::from_value(resp.data["records"].clone())
             .context("reading the agent's flow records")?;
@@ -93,11 +92,10 @@ pub fn observe(args: ObserveArgs) -> Result<Outcome> {
         &Request::Observe {
             seconds: args.duration.as_secs_f64(),
         },
-        args.duration + Duration::from_secs(30),
+        args.duration.saturating_add(Duration::from_secs(30)),
     )?;
     if !resp.ok {
-        eprintln!("{}", resp.message);
-        return Ok(Outcome::Rejected);
+        return super::control_cmds::outcome(resp);
     }
     let obs: Observation = serde_json::from_value(resp.data.clone())?;
     if let Some(out) = &args.out {
@@ -188,17 +186,32 @@ fn current_policy(paths: &Paths) -> Option<PathBuf> {
 
 #[derive(Debug, clap::Args)]
 pub struct DiffArgs {
+    /// The old policy (YAML or Tailscale policy file).
     pub old: PathBuf,
+    /// The new policy (YAML or Tailscale policy file).
     pub new: PathBuf,
+    /// Devices and users (YAML or JSON) for the Tailscale policy file(s)
+    /// among the two. A YAML policy converted from one is a snapshot of its
+    /// addresses and is read without it.
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn diff(args: DiffArgs) -> Result<Outcome> {
-    let Some((old, old_c)) = load_and_compile(&args.old, args.json) else {
+    let inventory_for = |path: &std::path::Path| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let ts = crate::policy::tailscale::detect(&path.display().to_string(), &text)
+            == crate::policy::tailscale::Format::Tailscale;
+        args.inventory.as_deref().filter(|_| ts)
+    };
+    let Some((old, old_c)) = load_and_compile(&args.old, inventory_for(&args.old), args.json)
+    else {
         return Ok(Outcome::Rejected);
     };
-    let Some((new, new_c)) = load_and_compile(&args.new, args.json) else {
+    let Some((new, new_c)) = load_and_compile(&args.new, inventory_for(&args.new), args.json)
+    else {
         return Ok(Outcome::Rejected);
     };
     let changes = diff::diff((&old, &old_c), (&new, &new_c));

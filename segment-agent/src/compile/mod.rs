@@ -18,7 +18,9 @@
 
 pub mod prefixes;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap as FastMap, HashMapExt};
 
 use ipnet::IpNet;
 use segment_common::{
@@ -316,10 +318,11 @@ pub fn compile_with_limits(
     }
     let n_seg = policy.segments.len() as u32;
     // Literal addresses used in rules become atoms after the segments.
-    let mut nets: BTreeMap<IpNet, Atom> = BTreeMap::new();
-    let mut src_used: BTreeSet<Atom> = BTreeSet::new();
-    let mut dst_used: BTreeSet<Atom> = BTreeSet::new();
-    let atom_of = |sel: &Selector, nets: &mut BTreeMap<IpNet, Atom>| -> Option<Atom> {
+    // Atoms are dense, so sets of them are vectors of flags.
+    let mut nets: FastMap<IpNet, Atom> = FastMap::new();
+    let mut src_used: Vec<bool> = vec![false; n_seg as usize];
+    let mut dst_used: Vec<bool> = vec![false; n_seg as usize];
+    let atom_of = |sel: &Selector, nets: &mut FastMap<IpNet, Atom>| -> Option<Atom> {
         match sel {
             Selector::Any => None,
             Selector::Segment(id) => Some(*id),
@@ -329,33 +332,47 @@ pub fn compile_with_limits(
             }
         }
     };
+    let mark = |used: &mut Vec<bool>, a: Atom| {
+        let a = a as usize;
+        if used.len() <= a {
+            used.resize(a + 1, false);
+        }
+        used[a] = true;
+    };
     for rule in &policy.rules {
         for s in &rule.src {
             if let Some(a) = atom_of(s, &mut nets) {
-                src_used.insert(a);
+                mark(&mut src_used, a);
             }
         }
         for d in &rule.dst {
             if let Some(a) = atom_of(&d.selector, &mut nets) {
-                dst_used.insert(a);
+                mark(&mut dst_used, a);
             }
         }
     }
+    let n_atoms = n_seg as usize + nets.len();
+    src_used.resize(n_atoms, false);
+    dst_used.resize(n_atoms, false);
 
-    // Every prefix with its own atoms.
-    let mut own: BTreeMap<Prefix, Vec<Atom>> = BTreeMap::new();
+    // Every prefix with its own atoms: sorted (prefix, atom) pairs, walked
+    // in runs of one prefix.
+    let mut own: Vec<(Prefix, Atom)> = Vec::with_capacity(nets.len());
     for (id, seg) in policy.segments.iter().enumerate() {
         for p in &seg.prefixes {
-            own.entry(Prefix::from_net(p)).or_default().push(id as Atom);
+            own.push((Prefix::from_net(p), id as Atom));
         }
     }
     for (net, atom) in &nets {
-        own.entry(Prefix::from_net(net)).or_default().push(*atom);
+        own.push((Prefix::from_net(net), *atom));
     }
-    if own.len() > limits.prefixes {
+    own.sort_unstable();
+    own.dedup();
+    let distinct = own.chunk_by(|a, b| a.0 == b.0).count();
+    if distinct > limits.prefixes {
         return Err(CompileError::TooLarge {
             table: "address prefixes",
-            needed: own.len() as u64,
+            needed: distinct as u64,
             capacity: limits.prefixes as u64,
         });
     }
@@ -381,8 +398,10 @@ pub fn compile_with_limits(
         }
     };
 
-    let mut src_classes: HashMap<Vec<Atom>, u32> = HashMap::from([(Vec::new(), 0)]);
-    let mut dst_classes: HashMap<Vec<Atom>, u32> = HashMap::from([(Vec::new(), 0)]);
+    let mut src_classes: FastMap<Vec<Atom>, u32> = FastMap::new();
+    src_classes.insert(Vec::new(), 0);
+    let mut dst_classes: FastMap<Vec<Atom>, u32> = FastMap::new();
+    dst_classes.insert(Vec::new(), 0);
     let mut identities: BTreeMap<u32, IdentityInfo> = BTreeMap::new();
     let world = Identity {
         id: IDENTITY_WORLD,
@@ -401,8 +420,10 @@ pub fn compile_with_limits(
     // Walk prefixes in order; a stack of enclosing prefixes gives each one
     // the atoms of all prefixes containing it.
     let mut stack: Vec<(Prefix, Vec<Atom>, Identity)> = Vec::new();
-    let mut entries: Vec<(Prefix, Identity)> = Vec::with_capacity(own.len());
-    for (prefix, atoms) in own {
+    let mut entries: Vec<(Prefix, Identity)> = Vec::with_capacity(distinct);
+    for run in own.chunk_by(|a, b| a.0 == b.0) {
+        let prefix = run[0].0;
+        let atoms = run.iter().map(|(_, a)| *a);
         while let Some((top, _, _)) = stack.last() {
             if top.contains(&prefix) {
                 break;
@@ -416,25 +437,30 @@ pub fn compile_with_limits(
         let mut closure: Vec<Atom> = parent_atoms.iter().copied().chain(atoms).collect();
         closure.sort_unstable();
         closure.dedup();
-        let segs: Vec<Atom> = closure.iter().copied().filter(|a| *a < n_seg).collect();
-        let refs: Vec<String> = segs
-            .iter()
-            .map(|s| policy.segments[*s as usize].reference())
-            .collect();
-        let id = ids.id_for(refs);
+        // Atoms are sorted, segments first.
+        let segs = &closure[..closure.partition_point(|a| *a < n_seg)];
+        let id = if segs.is_empty() {
+            IDENTITY_WORLD
+        } else {
+            let refs: Vec<String> = segs
+                .iter()
+                .map(|s| policy.segments[*s as usize].reference())
+                .collect();
+            ids.id_for(refs)
+        };
         identities.entry(id).or_insert_with(|| IdentityInfo {
             id,
-            segments: segs.clone(),
+            segments: segs.to_vec(),
         });
         let src_key: Vec<Atom> = closure
             .iter()
             .copied()
-            .filter(|a| src_used.contains(a))
+            .filter(|a| src_used[*a as usize])
             .collect();
         let dst_key: Vec<Atom> = closure
             .iter()
             .copied()
-            .filter(|a| dst_used.contains(a))
+            .filter(|a| dst_used[*a as usize])
             .collect();
         let n = src_classes.len() as u32;
         let src_class = *src_classes.entry(src_key).or_insert(n);
@@ -444,7 +470,7 @@ pub fn compile_with_limits(
             id,
             src_class,
             dst_class,
-            flags: audit_flags(&segs),
+            flags: audit_flags(segs),
         };
         // A prefix that answers the same as its parent adds nothing.
         if value != parent_value {
@@ -454,39 +480,44 @@ pub fn compile_with_limits(
     }
 
     // Which classes contain each atom (for expanding rule selectors).
-    let mut src_by_atom: HashMap<Atom, Vec<u32>> = HashMap::new();
-    for (atoms, class) in &src_classes {
-        for a in atoms {
-            src_by_atom.entry(*a).or_default().push(*class);
+    let by_atom = |classes: &FastMap<Vec<Atom>, u32>| -> Vec<Vec<u32>> {
+        let mut by: Vec<Vec<u32>> = vec![Vec::new(); n_atoms];
+        for (atoms, class) in classes {
+            for a in atoms {
+                by[*a as usize].push(*class);
+            }
         }
-    }
-    let mut dst_by_atom: HashMap<Atom, Vec<u32>> = HashMap::new();
-    for (atoms, class) in &dst_classes {
-        for a in atoms {
-            dst_by_atom.entry(*a).or_default().push(*class);
-        }
-    }
+        by
+    };
+    let src_by_atom = by_atom(&src_classes);
+    let dst_by_atom = by_atom(&dst_classes);
     let all_src: Vec<u32> = (0..src_classes.len() as u32).collect();
     let all_dst: Vec<u32> = (0..dst_classes.len() as u32).collect();
     let expand = |sels: &mut dyn Iterator<Item = &Selector>,
-                  by_atom: &HashMap<Atom, Vec<u32>>,
+                  by_atom: &[Vec<u32>],
                   all: &[u32],
-                  nets: &BTreeMap<IpNet, Atom>|
+                  nets: &FastMap<IpNet, Atom>|
      -> Vec<u32> {
-        let mut out = BTreeSet::new();
+        let mut out = Vec::new();
         for sel in sels {
             let atom = match sel {
                 Selector::Any => return all.to_vec(),
                 Selector::Segment(id) => *id,
                 Selector::Net(n) => nets[n],
             };
-            out.extend(by_atom.get(&atom).into_iter().flatten().copied());
+            out.extend_from_slice(&by_atom[atom as usize]);
         }
-        out.into_iter().collect()
+        out.sort_unstable();
+        out.dedup();
+        out
     };
 
     // Port classes: ports covered by the same destination port sets.
-    let (ports, port_sets) = port_classes(policy)?;
+    let PortClasses {
+        tables: ports,
+        sets: port_sets,
+        dest_base,
+    } = port_classes(policy)?;
 
     // Rule entries.
     let mut rules: BTreeMap<RuleKey, RuleValue> = BTreeMap::new();
@@ -509,15 +540,15 @@ pub fn compile_with_limits(
                 &nets,
             );
             for &proto in &rule.protos {
-                let port_classes: Vec<u16> = match (&dest.ports, port_proto_block(proto)) {
+                let port_classes: &[u16] = match (&dest.ports, port_proto_block(proto)) {
                     (PortSet::Ranges(_), Some(block)) if has_ports(proto) => {
-                        port_sets[block as usize][&(index, d_index)].clone()
+                        &port_sets[block as usize][dest_base[index] + d_index]
                     }
-                    _ => vec![PORT_CLASS_ANY],
+                    _ => &[PORT_CLASS_ANY],
                 };
                 for &sc in &srcs {
                     for &dc in &dsts {
-                        for &pc in &port_classes {
+                        for &pc in port_classes {
                             let key = RuleKey {
                                 src_class: sc,
                                 dst_class: dc,
@@ -588,61 +619,80 @@ pub fn compile_with_limits(
     })
 }
 
-/// A destination's port set, named by (rule index, destination index).
-type PortSetId = (usize, usize);
-type PortSetClasses = HashMap<PortSetId, Vec<u16>>;
-/// Port sets starting at a port, and port sets ending just before it.
-type Boundary = (Vec<PortSetId>, Vec<PortSetId>);
+/// For every destination of every rule (numbered in rule order, see
+/// `dest_base`), the port classes its ports cover, per protocol block.
+type PortSetClasses = Vec<Vec<u16>>;
 
-/// Port classes per protocol block, and for every (rule, destination) with
-/// explicit ports, the classes its ports cover.
-fn port_classes(
-    policy: &Policy,
-) -> Result<([PortClassTable; 3], [PortSetClasses; 3]), CompileError> {
+/// Port classes per protocol block; for every destination with explicit
+/// ports, the classes its ports cover; and the number of the first
+/// destination of each rule.
+struct PortClasses {
+    tables: [PortClassTable; 3],
+    sets: [PortSetClasses; 3],
+    dest_base: Vec<usize>,
+}
+
+fn port_classes(policy: &Policy) -> Result<PortClasses, CompileError> {
+    let mut dest_base = Vec::with_capacity(policy.rules.len());
+    let mut n_dests = 0;
+    for rule in &policy.rules {
+        dest_base.push(n_dests);
+        n_dests += rule.dst.len();
+    }
     let mut tables: [PortClassTable; 3] = Default::default();
     let mut sets: [PortSetClasses; 3] = Default::default();
     for (block, &proto) in PORT_PROTOS.iter().enumerate() {
-        // Boundary events: at `lo` port sets start, after `hi` they end.
-        let mut events: BTreeMap<u32, Boundary> = BTreeMap::new();
+        // Boundary events (point, 0 = ends before it / 1 = starts at it,
+        // destination): at `lo` a port set starts, after `hi` it ends.
+        let mut events: Vec<(u32, u8, u32)> = Vec::new();
         for (ri, rule) in policy.rules.iter().enumerate() {
             if !rule.protos.contains(&proto) {
                 continue;
             }
             for (di, d) in rule.dst.iter().enumerate() {
                 if let PortSet::Ranges(ranges) = &d.ports {
+                    let dest = (dest_base[ri] + di) as u32;
                     for r in ranges {
-                        events.entry(u32::from(r.lo)).or_default().0.push((ri, di));
-                        events
-                            .entry(u32::from(r.hi) + 1)
-                            .or_default()
-                            .1
-                            .push((ri, di));
+                        events.push((u32::from(r.lo), 1, dest));
+                        events.push((u32::from(r.hi) + 1, 0, dest));
                     }
                 }
             }
         }
-        let mut active: BTreeMap<(usize, usize), u32> = BTreeMap::new();
-        let mut interned: HashMap<Vec<(usize, usize)>, u16> = HashMap::new();
+        events.sort_unstable();
+        let block_sets = &mut sets[block];
+        if !events.is_empty() {
+            block_sets.resize(n_dests, Vec::new());
+        }
+        // Destinations covering the current interval, with how many of
+        // their ranges do (ranges of one destination may overlap).
+        let mut active: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut interned: FastMap<Vec<u32>, u16> = FastMap::new();
         let mut intervals: Vec<(u16, u16, u16)> = Vec::new();
-        let points: Vec<u32> = events.keys().copied().collect();
-        for (i, at) in points.iter().enumerate() {
-            let (starts, ends) = &events[at];
-            for s in ends {
-                if let Some(c) = active.get_mut(s) {
-                    *c -= 1;
-                    if *c == 0 {
-                        active.remove(s);
+        let mut i = 0;
+        while i < events.len() {
+            let at = events[i].0;
+            while i < events.len() && events[i].0 == at {
+                let (_, kind, dest) = events[i];
+                if kind == 0 {
+                    if let Some(c) = active.get_mut(&dest) {
+                        *c -= 1;
+                        if *c == 0 {
+                            active.remove(&dest);
+                        }
                     }
+                } else {
+                    *active.entry(dest).or_insert(0) += 1;
                 }
+                i += 1;
             }
-            for s in starts {
-                *active.entry(*s).or_insert(0) += 1;
-            }
-            let Some(next) = points.get(i + 1) else { break };
-            if active.is_empty() || *at > u32::from(u16::MAX) {
+            let Some(&(next, _, _)) = events.get(i) else {
+                break;
+            };
+            if active.is_empty() || at > u32::from(u16::MAX) {
                 continue;
             }
-            let key: Vec<(usize, usize)> = active.keys().copied().collect();
+            let key: Vec<u32> = active.keys().copied().collect();
             let n = interned.len() + 1;
             if n >= usize::from(PORT_CLASS_ANY) {
                 return Err(CompileError::TooManyPortClasses {
@@ -651,8 +701,14 @@ fn port_classes(
                     max: usize::from(PORT_CLASS_ANY) - 1,
                 });
             }
-            let class = *interned.entry(key.clone()).or_insert(n as u16);
-            let (lo, hi) = (*at as u16, (*next - 1).min(u32::from(u16::MAX)) as u16);
+            let (lo, hi) = (at as u16, (next - 1).min(u32::from(u16::MAX)) as u16);
+            let class = match interned.get(&key) {
+                Some(c) => *c,
+                None => {
+                    interned.insert(key.clone(), n as u16);
+                    n as u16
+                }
+            };
             // Merge with the previous interval when contiguous and same class.
             match intervals.last_mut() {
                 Some(last) if last.2 == class && u32::from(last.1) + 1 == u32::from(lo) => {
@@ -660,8 +716,8 @@ fn port_classes(
                 }
                 _ => intervals.push((lo, hi, class)),
             }
-            for s in key {
-                let v = sets[block].entry(s).or_default();
+            for dest in key {
+                let v = &mut block_sets[dest as usize];
                 if v.last() != Some(&class) && !v.contains(&class) {
                     v.push(class);
                 }
@@ -672,7 +728,11 @@ fn port_classes(
             classes: interned.len(),
         };
     }
-    Ok((tables, sets))
+    Ok(PortClasses {
+        tables,
+        sets,
+        dest_base,
+    })
 }
 
 #[cfg(test)]

@@ -519,6 +519,9 @@ fn arb_policy() -> impl Strategy<Value = Policy> {
                 enforce: Enforce::default(),
                 mode: Mode::Enforce,
                 warnings: Vec::new(),
+                membership: Vec::new(),
+                test_bed: None,
+                not_enforced: Vec::new(),
             }
         })
 }

@@ -7,6 +7,8 @@
 //! this module issues the syscall itself. Where a kernel or map type does
 //! not support them the caller falls back to one call per element.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::{
     io,
     mem::size_of,
@@ -79,7 +81,7 @@ pub fn update<K: aya::Pod, V: aya::Pod>(
             ..BatchAttr::default()
         };
         call(BPF_MAP_UPDATE_BATCH, &mut attr, done)?;
-        done += k.len();
+        done = done.saturating_add(k.len());
     }
     Ok(())
 }
@@ -95,7 +97,7 @@ pub fn delete<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchEr
             ..BatchAttr::default()
         };
         call(BPF_MAP_DELETE_BATCH, &mut attr, done)?;
-        done += k.len();
+        done = done.saturating_add(k.len());
     }
     Ok(())
 }
@@ -127,7 +129,7 @@ fn call(cmd: libc::c_long, attr: &mut BatchAttr, done: usize) -> Result<(), Batc
         return Err(BatchError::Unsupported);
     }
     Err(BatchError::Failed {
-        done: done + (attr.count as usize).min(wanted),
+        done: done.saturating_add((attr.count as usize).min(wanted)),
         error,
     })
 }

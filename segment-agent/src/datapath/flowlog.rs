@@ -1,10 +1,12 @@
 //! Reading the flow log ring buffer into the agent's bounded record of
 //! recent flows.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use anyhow::Result;
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use segment_common::{
-    FLOW_LOG_ALL_NEW, FLOW_LOG_DENIED, FlowEvent, GlobalConfig, LOGSTAT_SUPPRESSED,
+    CFG_FLOW_LOG, FLOW_LOG_ALL_NEW, FLOW_LOG_DENIED, FlowEvent, LOGSTAT_SUPPRESSED,
     LOGSTAT_WRITTEN, map_names,
 };
 
@@ -68,7 +70,7 @@ impl FlowLog {
                     .map(<[String]>::to_vec)
                     .unwrap_or_default()
             });
-            self.read += 1;
+            self.read = self.read.saturating_add(1);
             new.push(r);
         }
         for r in &new {
@@ -89,13 +91,14 @@ pub fn log_counters(paths: &Paths) -> Result<(u64, u64)> {
 /// Makes the datapath report every new flow (for `observe`), or only
 /// denied ones.
 pub fn set_log_all_new(paths: &Paths, on: bool) -> Result<()> {
-    let mut cfg: Array<MapData, GlobalConfig> = open_map(paths, map_names::CONFIG)?;
-    let mut g = cfg.get(&0, 0)?;
-    g.flow_log = if on {
+    // Only the flow-log entry: the slot switch and the override are
+    // separate entries, never rewritten from here.
+    let mut cfg = super::tables::open_config(paths)?;
+    let mode = if on {
         FLOW_LOG_ALL_NEW
     } else {
         FLOW_LOG_DENIED
     };
-    cfg.set(0, g, 0)?;
+    cfg.set(CFG_FLOW_LOG, mode, 0)?;
     Ok(())
 }

@@ -6,17 +6,28 @@
 //! forbids does not keep flowing on the strength of the old one. Connections
 //! allowed by both versions are untouched. The decision is pure; only
 //! [`flush`] touches the kernel.
+//!
+//! The flush is an optimisation, not what keeps a revoked flow from
+//! flowing: every entry carries the generation that admitted it, and the
+//! datapath re-judges an entry of another generation at its next packet
+//! with the same rule ([`still_allowed`]). So a flush that fails part-way,
+//! or an entry re-created behind it by a packet that still read the old
+//! slot, costs a lookup, not enforcement. [`flush`] says what it could not
+//! do as a [`FlushOutcome`], for `reload` to report.
+#![warn(clippy::arithmetic_side_effects)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
-use anyhow::Result;
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
 use segment_common::{
     CT_F_AUDIT, CT_F_EGRESS, CT_F_INITIATOR_A, CT_F_UNENFORCED, CtKey, CtValue, IDENTITY_F_AUDIT,
     IPPROTO_ICMP, IPPROTO_ICMPV6, SlotConfig, map_names,
 };
 
-use super::{paths::Paths, tables::open_map};
+use super::paths::Paths;
 use crate::compile::Compiled;
 
 fn addr(family: u8, words: &[u32; 4]) -> IpAddr {
@@ -24,8 +35,8 @@ fn addr(family: u8, words: &[u32; 4]) -> IpAddr {
         IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
     } else {
         let mut b = [0u8; 16];
-        for (i, w) in words.iter().enumerate() {
-            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        for (chunk, w) in b.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
         }
         IpAddr::V6(Ipv6Addr::from(b))
     }
@@ -56,7 +67,14 @@ fn admitted_by_rule(c: &Compiled, key: &CtKey, value: &CtValue) -> bool {
     c.rule_for(s.src_class, d.dst_class, proto, dport).is_some()
 }
 
-/// Whether a tracked flow would be admitted by the new policy.
+/// Whether a tracked flow would be admitted by the new policy, judged as its
+/// initiator opened it (initiator → responder, protocol, responder port; 0
+/// for ICMP): kept when the hook that created it is not enforced, when a
+/// rule admits it, or when the responder is in audit mode.
+///
+/// The datapath applies the same rule (`segment-ebpf/src/conntrack.rs`,
+/// `readmit`) to an entry whose generation is not the active one; the two
+/// must stay the same rule.
 pub fn still_allowed(c: &Compiled, config: &SlotConfig, key: &CtKey, value: &CtValue) -> bool {
     let egress = value.flags & CT_F_EGRESS != 0;
     let enforced = if egress {
@@ -74,33 +92,193 @@ pub fn still_allowed(c: &Compiled, config: &SlotConfig, key: &CtKey, value: &CtV
     c.identity_of(dst).flags & IDENTITY_F_AUDIT != 0
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FlushStats {
+/// What the flush did, and what it could not do.
+#[derive(Debug, Default, Clone)]
+pub struct FlushOutcome {
     pub scanned: usize,
     pub removed: usize,
     /// Audited flows that a rule now allows.
     pub promoted: usize,
+    /// What failed. The policy is in force all the same, and the datapath
+    /// re-judges every entry the flush did not reach at its next packet.
+    pub failed: Vec<FlushFailure>,
 }
 
-/// Removes the tracked flows the new policy does not admit.
-pub fn flush(paths: &Paths, c: &Compiled, config: &SlotConfig) -> Result<FlushStats> {
-    let mut ct: BpfHashMap<MapData, CtKey, CtValue> = open_map(paths, map_names::CONNTRACK)?;
+impl FlushOutcome {
+    pub fn complete(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// One thing the flush could not do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FlushFailure {
+    #[error("opening the pinned conntrack map {map}")]
+    Open {
+        map: &'static str,
+        #[source]
+        error: Arc<MapError>,
+    },
+    #[error("reading a conntrack entry")]
+    Read(#[source] Arc<MapError>),
+    #[error("removing the flow {flow}, which the new policy forbids")]
+    Remove {
+        flow: String,
+        #[source]
+        error: Arc<MapError>,
+    },
+    #[error("remembering the revoked flow {flow}, so that egress pick-up cannot bring it back")]
+    Revoke {
+        flow: String,
+        #[source]
+        error: Arc<MapError>,
+    },
+    #[error("clearing the audit mark of the flow {flow}, which a rule now allows")]
+    Promote {
+        flow: String,
+        #[source]
+        error: Arc<MapError>,
+    },
+}
+
+/// For `reload`'s answer: empty when the flush was complete, else what
+/// failed (the policy is in force either way).
+pub fn summary(failed: &[FlushFailure]) -> String {
+    match failed.first() {
+        None => String::new(),
+        Some(first) => format!(
+            "; the conntrack flush was incomplete ({} failure{}, first: {:#}): those flows are re-judged by the datapath at their next packet",
+            failed.len(),
+            if failed.len() == 1 { "" } else { "s" },
+            anyhow::Error::new(first.clone())
+        ),
+    }
+}
+
+fn describe_flow(key: &CtKey, value: &CtValue) -> String {
+    let (src, dst, proto, dport) = opened_as(key, value);
+    format!("{src} -> {dst} proto {proto} port {dport}")
+}
+
+/// The entry was gone already (expired, evicted, or removed by the
+/// datapath's own re-judging): nothing left to do, not a failure.
+fn vanished(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound | MapError::ElementNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+fn open_conntrack(
+    paths: &Paths,
+    name: &str,
+) -> Result<BpfHashMap<MapData, CtKey, CtValue>, MapError> {
+    let data = MapData::from_pin(paths.map(name))?;
+    BpfHashMap::try_from(Map::from_map_data(data)?)
+}
+
+/// Removes the tracked flows the new policy does not admit, from both the
+/// confirmed and the unconfirmed table. Never fails as a whole: what went
+/// wrong is in [`FlushOutcome::failed`].
+pub fn flush(paths: &Paths, c: &Compiled, config: &SlotConfig) -> FlushOutcome {
+    let mut out = FlushOutcome::default();
+    let mut revoked = Vec::new();
+    for map in [map_names::CONNTRACK, map_names::CONNTRACK_PENDING] {
+        flush_table(paths, map, c, config, &mut out, &mut revoked);
+    }
+    remember_revoked(paths, &revoked, &mut out);
+    out
+}
+
+/// Marks removed flows as revoked (`SEG_CTGONE`), as the datapath does for
+/// the flows its own re-judge removes: the revoked connection's next
+/// segments from this host must not re-create it by egress pick-up.
+fn remember_revoked(paths: &Paths, revoked: &[(CtKey, CtValue)], out: &mut FlushOutcome) {
+    if revoked.is_empty() {
+        return;
+    }
+    let mut gone: BpfHashMap<MapData, CtKey, u64> =
+        match MapData::from_pin(paths.map(map_names::CONNTRACK_REVOKED))
+            .and_then(|d| Map::from_map_data(d).and_then(BpfHashMap::try_from))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                out.failed.push(FlushFailure::Open {
+                    map: map_names::CONNTRACK_REVOKED,
+                    error: Arc::new(e),
+                });
+                return;
+            }
+        };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own. CLOCK_MONOTONIC
+    // is the clock the datapath's timestamps use.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64);
+    for (k, v) in revoked {
+        if let Err(e) = gone.insert(k, now, 0) {
+            out.failed.push(FlushFailure::Revoke {
+                flow: describe_flow(k, v),
+                error: Arc::new(e),
+            });
+        }
+    }
+}
+
+fn flush_table(
+    paths: &Paths,
+    map: &'static str,
+    c: &Compiled,
+    config: &SlotConfig,
+    out: &mut FlushOutcome,
+    revoked: &mut Vec<(CtKey, CtValue)>,
+) {
+    let mut ct = match open_conntrack(paths, map) {
+        Ok(ct) => ct,
+        Err(e) => {
+            out.failed.push(FlushFailure::Open {
+                map,
+                error: Arc::new(e),
+            });
+            return;
+        }
+    };
     let mut stale = Vec::new();
     let mut now_allowed = Vec::new();
-    let mut stats = FlushStats::default();
     for kv in ct.iter() {
-        // An entry can vanish (LRU eviction) while we walk: skip it.
-        let Ok((k, v)) = kv else { continue };
-        stats.scanned += 1;
+        let (k, v) = match kv {
+            Ok(kv) => kv,
+            // An entry can vanish (LRU eviction) while we walk: skip it.
+            Err(e) if vanished(&e) => continue,
+            Err(e) => {
+                out.failed.push(FlushFailure::Read(Arc::new(e)));
+                continue;
+            }
+        };
+        out.scanned = out.scanned.saturating_add(1);
         if !still_allowed(c, config, &k, &v) {
-            stale.push(k);
+            stale.push((k, v));
         } else if v.flags & CT_F_AUDIT != 0 && admitted_by_rule(c, &k, &v) {
             now_allowed.push((k, v));
         }
     }
-    for k in stale {
-        if ct.remove(&k).is_ok() {
-            stats.removed += 1;
+    for (k, v) in stale {
+        match ct.remove(&k) {
+            Ok(()) => {
+                out.removed = out.removed.saturating_add(1);
+                revoked.push((k, v));
+            }
+            Err(e) if vanished(&e) => {}
+            Err(e) => out.failed.push(FlushFailure::Remove {
+                flow: describe_flow(&k, &v),
+                error: Arc::new(e),
+            }),
         }
     }
     // Flows audit mode let through that a rule now allows stop counting as
@@ -108,11 +286,15 @@ pub fn flush(paths: &Paths, c: &Compiled, config: &SlotConfig) -> Result<FlushSt
     const BPF_EXIST: u64 = 2;
     for (k, mut v) in now_allowed {
         v.flags &= !CT_F_AUDIT;
-        if ct.insert(k, v, BPF_EXIST).is_ok() {
-            stats.promoted += 1;
+        match ct.insert(k, v, BPF_EXIST) {
+            Ok(()) => out.promoted = out.promoted.saturating_add(1),
+            Err(e) if vanished(&e) => {}
+            Err(e) => out.failed.push(FlushFailure::Promote {
+                flow: describe_flow(&k, &v),
+                error: Arc::new(e),
+            }),
         }
     }
-    Ok(stats)
 }
 
 /// Flags that say how a flow was admitted, for logs.
@@ -127,6 +309,7 @@ pub fn describe(flags: u32) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // fixed-size test data
 mod tests {
     use super::*;
     use crate::{compile::compile, policy};
@@ -215,6 +398,33 @@ mod tests {
         // ICMP echo: the port fields hold identifiers, not ports.
         let (k, v) = key_value("10.0.0.5", 77, "10.0.1.9", 0, IPPROTO_ICMP, 0);
         assert_eq!(opened_as(&k, &v).3, 0);
+    }
+
+    #[test]
+    fn an_incomplete_flush_is_reported_with_its_first_failure() {
+        assert_eq!(summary(&[]), "");
+        let e = |errno| {
+            Arc::new(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_elem",
+                io_error: std::io::Error::from_raw_os_error(errno),
+            }))
+        };
+        assert!(
+            vanished(&e(libc::ENOENT)),
+            "an entry gone already is not a failure"
+        );
+        assert!(!vanished(&e(libc::EPERM)));
+        let failed = vec![
+            FlushFailure::Remove {
+                flow: "10.0.0.5 -> 10.0.1.9 proto 6 port 5432".into(),
+                error: e(libc::EPERM),
+            },
+            FlushFailure::Read(e(libc::EINVAL)),
+        ];
+        let text = summary(&failed);
+        assert!(text.contains("2 failures"), "{text}");
+        assert!(text.contains("10.0.0.5 -> 10.0.1.9"), "{text}");
+        assert!(text.contains("re-judged by the datapath"), "{text}");
     }
 
     #[test]

@@ -1,18 +1,24 @@
-//! `explain --live`: asks the loaded program itself. A synthetic packet runs
-//! through the pinned XDP program with BPF_PROG_TEST_RUN, marked as a dry
-//! run (metadata `DRY_RUN_MAGIC`), so the program decides exactly as for a
-//! real packet but writes no conntrack entry, no counter and no flow log
-//! record — only the record of its decision, read back here.
+//! `explain --live`: asks the loaded datapath itself. A synthetic packet
+//! runs through a *dry instance* of the XDP program: the same object,
+//! loaded again over the same pinned maps (so it reads the policy in force),
+//! with the load-time global `DRY_RUN` set, and never attached to anything.
+//! It decides exactly as the attached program does for a real packet but
+//! writes no conntrack entry, no counter and no flow log record — only the
+//! record of its decision, read back here. The attached instances are loaded
+//! with the global 0: the verifier removes the dry path from them, so no
+//! packet (whatever its metadata) can make its own run dry.
+
+#![warn(clippy::arithmetic_side_effects)]
 
 use anyhow::{Context, Result};
 use aya::{
+    EbpfLoader,
     maps::{MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
 };
-use aya_obj::programs::XdpAttachType;
-use segment_common::{DRY_RUN_MAGIC, ExplainRecord, Reason, map_names};
+use segment_common::{CT_RULE_NONE, DRY_RUN_GLOBAL, ExplainRecord, Reason, map_names};
 
-use super::{paths::Paths, tables::open_map};
+use super::{loader, paths::Paths, tables::open_map};
 
 #[derive(Debug, Clone)]
 pub struct LiveVerdict {
@@ -25,27 +31,40 @@ pub struct LiveVerdict {
     pub slot: u32,
 }
 
+/// XDP return codes.
+const XDP_PASS: u32 = 2;
+
 pub fn judge(paths: &Paths, frame: &[u8]) -> Result<LiveVerdict> {
-    let path = paths.program(map_names::PROG_INGRESS);
-    let prog = Xdp::from_pin(&path, XdpAttachType::Interface).with_context(|| {
-        format!(
-            "opening the pinned program {} (is segment running?)",
-            path.display()
-        )
-    })?;
-    let mut data = DRY_RUN_MAGIC.to_ne_bytes().to_vec();
-    data.extend_from_slice(frame);
-    // struct xdp_md: data (= metadata length), data_end, data_meta,
-    // ingress_ifindex, rx_queue_index, egress_ifindex.
-    let md: [u32; 6] = [4, data.len() as u32, 0, 0, 0, 0];
-    let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let config = paths.map(map_names::CONFIG);
+    if !config.exists() {
+        anyhow::bail!(
+            "no segment datapath is pinned under {} (is segment running?)",
+            paths.pin_dir.display()
+        );
+    }
+    // Every pinned map is taken as it is (the conntrack size included: an
+    // existing pin is opened, not re-created); nothing new is pinned,
+    // because every map of the object already is.
+    let one: u32 = 1;
+    let mut loader = EbpfLoader::new();
+    loader::pin_outer_maps(&mut loader, paths);
+    let mut ebpf = loader
+        .default_map_pin_directory(&paths.pin_dir)
+        .override_global(DRY_RUN_GLOBAL, &one, true)
+        .load(loader::object()?)
+        .context("loading a dry instance of the datapath")?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(map_names::PROG_INGRESS)
+        .context("ingress program missing from the object")?
+        .try_into()?;
+    prog.load()
+        .context("the kernel refused the dry instance of the XDP program")?;
     let result = prog
         .test_run(TestRunOptions {
-            data_in: Some(&data),
-            ctx_in: Some(&ctx),
+            data_in: Some(frame),
             ..TestRunOptions::default()
         })
-        .context("running the packet through the loaded program")?;
+        .context("running the packet through the dry instance")?;
     let records: PerCpuArray<MapData, ExplainRecord> = open_map(paths, map_names::EXPLAIN)?;
     let newest = records
         .get(&0, 0)?
@@ -53,11 +72,11 @@ pub fn judge(paths: &Paths, frame: &[u8]) -> Result<LiveVerdict> {
         .max_by_key(|r| r.ts_ns)
         .copied()
         .unwrap_or_default();
-    let reason = Reason::from_u32(newest.reason).unwrap_or(Reason::DropMalformed);
+    let reason = Reason::from_u32(newest.reason).unwrap_or(Reason::DropInternal);
     Ok(LiveVerdict {
-        pass: result.return_value == 2,
+        pass: result.return_value == XDP_PASS,
         reason,
-        rule: (newest.rule != segment_common::CT_RULE_NONE).then_some(newest.rule),
+        rule: (newest.rule != CT_RULE_NONE).then_some(newest.rule),
         src_id: newest.src_id,
         dst_id: newest.dst_id,
         slot: newest.slot,

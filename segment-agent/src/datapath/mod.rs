@@ -4,10 +4,15 @@
 
 pub mod batch;
 pub mod counters;
+pub mod ct_filter;
 pub mod flowlog;
 pub mod flush;
+pub mod grace;
+pub mod iface;
 pub mod live;
 pub mod loader;
+pub mod local_addrs;
+pub mod mmap;
 pub mod paths;
 pub mod state;
 pub mod tables;
@@ -48,13 +53,19 @@ pub struct ApplyReport {
     /// Tracked flows the new policy no longer admits, removed.
     pub flows_flushed: usize,
     pub flows_scanned: usize,
+    /// What the flush could not do (empty when it was complete). The
+    /// policy is in force either way.
+    pub flush_failures: Vec<flush::FlushFailure>,
 }
 
+// The runtime lints of the agent (flush.rs and tables.rs follow their owners).
+#[warn(clippy::arithmetic_side_effects)]
 impl Enforcer {
     /// Opens the pinned maps and the state file.
     pub fn open(paths: &Paths) -> Result<Self> {
         let state = State::load(&paths.state_file())?;
         let maps = PolicyMaps::open(paths)?;
+        counters::reserve_overflow_pair(paths)?;
         Ok(Self {
             paths: paths.clone(),
             state,
@@ -91,11 +102,16 @@ impl Enforcer {
         compile_time: Duration,
     ) -> Result<ApplyReport> {
         let started = Instant::now();
+        local_addrs::sync_or_warn(&self.paths);
         let slot = match self.active_slot()? {
-            Some(active) => 1 - active,
+            Some(active) => active ^ 1,
             None => 0,
         };
-        let generation = self.state.generation + 1;
+        let generation = self
+            .state
+            .generation
+            .checked_add(1)
+            .context("the policy generation counter is exhausted")?;
         let config = SlotConfig {
             generation,
             enforce_egress: u32::from(policy.enforce.egress),
@@ -130,19 +146,19 @@ impl Enforcer {
         meta.sizes = Some(compiled.sizes.clone());
         state.slots[slot as usize] = Some(meta);
         state.save(&self.paths.state_file())?;
-        std::fs::write(self.paths.slot_policy(slot), &policy.source.text)
+        state::write_atomic(&self.paths.slot_policy(slot), policy.source.text.as_bytes())
             .with_context(|| format!("saving {}", self.paths.slot_policy(slot).display()))?;
         self.maps.activate(slot)?;
         let switched = started.elapsed();
         self.state = state;
         self.contents[slot as usize] = Some(new);
-        let flushed = match flush::flush(&self.paths, &compiled, &config) {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("could not flush connections the new policy forbids: {e:#}");
-                flush::FlushStats::default()
-            }
-        };
+        let flushed = flush::flush(&self.paths, &compiled, &config);
+        for f in &flushed.failed {
+            log::warn!(
+                "conntrack flush incomplete: {:#} (the datapath re-judges such flows at their next packet)",
+                anyhow::Error::new(f.clone())
+            );
+        }
         Ok(ApplyReport {
             generation,
             slot,
@@ -153,6 +169,7 @@ impl Enforcer {
             sizes: compiled.sizes.clone(),
             flows_flushed: flushed.removed,
             flows_scanned: flushed.scanned,
+            flush_failures: flushed.failed,
         })
     }
 

@@ -2,6 +2,8 @@
 //! directory, and a small state file (identity numbers, what each policy
 //! slot holds) under a runtime directory. Both outlive the agent process.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/segment";

@@ -4,6 +4,8 @@
 //! Written atomically (temporary file + rename) before the datapath is
 //! switched to a new slot.
 
+#![warn(clippy::arithmetic_side_effects)]
+
 use std::{
     io::Write,
     path::Path,
@@ -126,7 +128,7 @@ impl State {
     /// Compact JSON: with 100,000 rules the pretty form doubles the bytes
     /// written (and fsynced) on every load. `jq . state.json` reads it.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        write_atomic(path, &serde_json::to_vec(self)?)
+        write_atomic_mode(path, &serde_json::to_vec(self)?, PRIVATE)
     }
 
     /// Segment references of a counter identity.
@@ -139,7 +141,20 @@ impl State {
     }
 }
 
+/// Mode of files only root (the agent) reads: the state file, observations.
+pub const PRIVATE: u32 = 0o600;
+/// Mode of policy files and their copies.
+pub const READABLE: u32 = 0o644;
+
+/// Writes a policy-readable file (mode 0644) atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomic_mode(path, bytes, READABLE)
+}
+
+/// Writes `path` atomically (temporary file + fsync + rename) with exactly
+/// `mode`, whatever the umask.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -147,13 +162,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
         std::process::id()
     ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    let written = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask can only take bits away; set exactly `mode`.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(written?)
 }
 
 pub fn unix_now() -> u64 {

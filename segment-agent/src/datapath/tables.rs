@@ -1,36 +1,47 @@
 //! Writing a compiled policy into the datapath, atomically.
 //!
-//! The datapath reads one of two slots of policy tables, chosen by
-//! `GlobalConfig::active_slot`. A new policy is written, completely, into the
-//! slot nobody reads; then one 4-byte store switches every CPU to it. A
-//! packet therefore sees the old policy or the new one, never a mix, and a
-//! policy that fails half-way through being written is never seen at all.
+//! The datapath reads one of two slots of policy tables, chosen by the
+//! config entry `CFG_ACTIVE`. A new policy is written, completely, into the
+//! slot nobody reads; then one 4-byte store switches every CPU to it, and
+//! the agent waits for an RCU grace period (see `grace`) so that no packet
+//! still reading the old slot meets the next write into it. A packet
+//! therefore sees the old policy or the new one, never a mix, and a policy
+//! that fails half-way through being written is never seen at all.
 //!
-//! Writes are diffs: the slot's previous contents (known to the agent, or
-//! read back from the kernel when a new agent adopts the maps) are compared
-//! with the new tables, and only changed entries are written, many per
-//! syscall (see `batch`).
+//! The hash tables of a slot (rule entries, exact-match identities) and its
+//! rule hit counters are inner maps of maps of maps (one outer array per
+//! kind, indexed by slot), sized by the policy each time it is written: a
+//! small policy gets small, cache-resident tables, a huge one the capacity
+//! it needs. A table whose size still suits the new policy
+//! (`table_fits`) is kept and written as a diff: the slot's previous
+//! contents (known to the agent, or read back from the kernel when a new
+//! agent adopts the maps) are compared with the new tables, and only
+//! changed entries are written, many per syscall (see `batch`). Otherwise a
+//! fresh table of the right size is filled and then put in the outer map;
+//! the kernel frees the replaced one once no program run can still hold it.
 
-use std::{
-    collections::HashMap,
-    os::fd::{AsFd, AsRawFd},
-};
+use std::{collections::HashMap, os::fd::AsFd};
 
 use anyhow::{Context, Result, bail};
 use aya::{
     Pod,
     maps::{
-        Array, HashMap as BpfHashMap, IterableMap, Map, MapData, MapError, PerCpuHashMap,
+        Array, ArrayOfMaps, HashMap as BpfHashMap, IterableMap, Map, MapData, MapError,
+        PerCpuHashMap,
         lpm_trie::{Key, LpmTrie},
     },
 };
 use segment_common::{
-    ExactKey4, ExactKey6, GlobalConfig, Identity, Ipv4Addr, Ipv6Addr, LENS_USE_LPM, MAX_EXACT_LENS,
-    MAX_EXACT_PREFIXES, PORT_CLASS_ENTRIES, RuleKey, RuleValue, SlotConfig, map_names,
+    CFG_ACTIVE, CFG_FLOW_LOG, CFG_OVERRIDE, ExactKey4, ExactKey6, GlobalConfig, Identity, Ipv4Addr,
+    Ipv6Addr, LENS_USE_LPM, MAX_EXACT_LENS, MAX_EXACT_PREFIXES, POLICY_HASH_FLAGS,
+    PORT_CLASS_ENTRIES, RULE_HITS_FLAGS, RuleKey, RuleValue, SlotConfig, map_names, table_capacity,
+    table_fits,
 };
 
 use super::{
     batch::{self, BatchError},
+    grace::GracePeriod,
+    mmap::Mapping,
     paths::Paths,
 };
 use crate::compile::{Compiled, Prefix};
@@ -147,12 +158,10 @@ where
 /// A BPF array mapped into our memory, for writing 196,608 port classes
 /// with a memcpy instead of as many syscalls.
 struct MappedArray {
-    ptr: *mut u8,
-    len: usize,
+    mapping: Mapping,
     /// Bytes per element in the mapping (values are padded to 8 bytes).
     stride: usize,
     entries: usize,
-    _map: MapData,
 }
 
 impl MappedArray {
@@ -163,53 +172,28 @@ impl MappedArray {
         let info = map.info()?;
         let entries = info.max_entries() as usize;
         let stride = (info.value_size() as usize).next_multiple_of(8);
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (entries * stride).next_multiple_of(page);
-        // SAFETY: mapping a BPF array fd created with BPF_F_MMAPABLE; the
-        // kernel checks the flags and the length.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!(
-                "mmap of {name} failed: {} (the map must be created with BPF_F_MMAPABLE)",
-                std::io::Error::last_os_error()
-            );
-        }
+        let mapping = Mapping::new(map, entries.saturating_mul(stride)).with_context(|| {
+            format!("mmap of {name} (the map must be created with BPF_F_MMAPABLE)")
+        })?;
         Ok(Self {
-            ptr: ptr.cast(),
-            len,
+            mapping,
             stride,
             entries,
-            _map: map,
         })
     }
 
     fn read_u16(&self, i: usize) -> u16 {
         assert!(i < self.entries);
         // SAFETY: in bounds of the mapping; u16 at an 8-byte aligned offset.
-        unsafe { std::ptr::read_volatile(self.ptr.add(i * self.stride).cast::<u16>()) }
+        unsafe { std::ptr::read_volatile(self.mapping.base().add(i * self.stride).cast::<u16>()) }
     }
 
     fn write_u16(&mut self, i: usize, v: u16) {
         assert!(i < self.entries);
         // SAFETY: in bounds of the mapping; u16 at an 8-byte aligned offset.
-        unsafe { std::ptr::write_volatile(self.ptr.add(i * self.stride).cast::<u16>(), v) }
-    }
-}
-
-impl Drop for MappedArray {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `open` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        unsafe {
+            std::ptr::write_volatile(self.mapping.base().add(i * self.stride).cast::<u16>(), v)
+        }
     }
 }
 
@@ -217,13 +201,28 @@ impl Drop for MappedArray {
 pub struct PolicyMaps {
     id4: [LpmTrie<MapData, Ipv4Addr, Identity>; 2],
     id6: [LpmTrie<MapData, Ipv6Addr, Identity>; 2],
-    ex4: [BpfHashMap<MapData, ExactKey4, Identity>; 2],
-    ex6: [BpfHashMap<MapData, ExactKey6, Identity>; 2],
-    rules: [BpfHashMap<MapData, RuleKey, RuleValue>; 2],
-    hits: [PerCpuHashMap<MapData, u32, u64>; 2],
+    ex4: SlotTables<ExactKey4, Identity>,
+    ex6: SlotTables<ExactKey6, Identity>,
+    rules: SlotTables<RuleKey, RuleValue>,
+    hits: ArrayOfMaps<MapData, PerCpuHashMap<MapData, u32, u64>>,
     ports: [MappedArray; 2],
     slot_config: Array<MapData, SlotConfig>,
-    config: Array<MapData, GlobalConfig>,
+    config: Array<MapData, u32>,
+    grace: GracePeriod,
+}
+
+/// The config array, decoded.
+pub fn read_config(config: &Array<MapData, u32>) -> Result<GlobalConfig> {
+    Ok(GlobalConfig::decode(
+        config.get(&CFG_ACTIVE, 0)?,
+        config.get(&CFG_OVERRIDE, 0)?,
+        config.get(&CFG_FLOW_LOG, 0)?,
+    ))
+}
+
+/// Opens the pinned config array.
+pub fn open_config(paths: &Paths) -> Result<Array<MapData, u32>> {
+    open_map(paths, map_names::CONFIG)
 }
 
 impl PolicyMaps {
@@ -237,38 +236,22 @@ impl PolicyMaps {
                 open_map(paths, map_names::IDENTITY_V6[0])?,
                 open_map(paths, map_names::IDENTITY_V6[1])?,
             ],
-            ex4: [
-                open_map(paths, map_names::EXACT_V4[0])?,
-                open_map(paths, map_names::EXACT_V4[1])?,
-            ],
-            ex6: [
-                open_map(paths, map_names::EXACT_V6[0])?,
-                open_map(paths, map_names::EXACT_V6[1])?,
-            ],
-            rules: [
-                open_map(paths, map_names::RULES[0])?,
-                open_map(paths, map_names::RULES[1])?,
-            ],
-            hits: [
-                open_map(paths, map_names::RULE_HITS[0])?,
-                open_map(paths, map_names::RULE_HITS[1])?,
-            ],
+            ex4: SlotTables::open(paths, map_names::EXACT_V4, "exact IPv4 prefixes")?,
+            ex6: SlotTables::open(paths, map_names::EXACT_V6, "exact IPv6 prefixes")?,
+            rules: SlotTables::open(paths, map_names::RULES, "rule entries")?,
+            hits: open_map(paths, map_names::RULE_HITS)?,
             ports: [
                 MappedArray::open(paths, map_names::PORT_CLASSES[0])?,
                 MappedArray::open(paths, map_names::PORT_CLASSES[1])?,
             ],
             slot_config: open_map(paths, map_names::SLOT_CONFIG)?,
-            config: open_map(paths, map_names::CONFIG)?,
+            config: open_config(paths)?,
+            grace: GracePeriod::new().context("creating the grace-period map")?,
         })
     }
 
     pub fn global(&self) -> Result<GlobalConfig> {
-        Ok(self.config.get(&0, 0)?)
-    }
-
-    pub fn set_global(&mut self, g: GlobalConfig) -> Result<()> {
-        self.config.set(0, g, 0)?;
-        Ok(())
+        read_config(&self.config)
     }
 
     /// Reads back what a slot holds (used when adopting pinned maps).
@@ -287,18 +270,9 @@ impl PolicyMaps {
             let (k, v) = kv?;
             c.v6.insert((k.prefix_len(), k.data()), v);
         }
-        for kv in self.ex4[s].iter() {
-            let (k, v) = kv?;
-            c.ex4.insert(k, v);
-        }
-        for kv in self.ex6[s].iter() {
-            let (k, v) = kv?;
-            c.ex6.insert(k, v);
-        }
-        for kv in self.rules[s].iter() {
-            let (k, v) = kv?;
-            c.rules.insert(k, v);
-        }
+        c.ex4 = self.ex4.read(slot)?;
+        c.ex6 = self.ex6.read(slot)?;
+        c.rules = self.rules.read(slot)?;
         for (i, p) in c.ports.iter_mut().enumerate() {
             *p = self.ports[s].read_u16(i);
         }
@@ -338,30 +312,9 @@ impl PolicyMaps {
             "IPv6 prefixes",
             st,
         )?;
-        sync(
-            &mut self.ex4[s],
-            &old.ex4,
-            &new.ex4,
-            |k| *k,
-            "exact IPv4 prefixes",
-            st,
-        )?;
-        sync(
-            &mut self.ex6[s],
-            &old.ex6,
-            &new.ex6,
-            |k| *k,
-            "exact IPv6 prefixes",
-            st,
-        )?;
-        sync(
-            &mut self.rules[s],
-            &old.rules,
-            &new.rules,
-            |k| *k,
-            "rule entries",
-            st,
-        )?;
+        self.ex4.write(slot, &old.ex4, &new.ex4, st)?;
+        self.ex6.write(slot, &old.ex6, &new.ex6, st)?;
+        self.rules.write(slot, &old.rules, &new.rules, st)?;
         // Port classes, straight into the mapped array.
         for (i, (&o, &n)) in old.ports.iter().zip(&new.ports).enumerate() {
             if o != n {
@@ -369,21 +322,123 @@ impl PolicyMaps {
                 stats.written += 1;
             }
         }
-        // Rule numbers change meaning with the policy: start hit counts afresh.
-        let stale: Vec<u32> = self.hits[s].keys().collect::<Result<_, _>>()?;
-        for k in stale {
-            let _ = self.hits[s].remove(&k);
-        }
+        self.reset_hits(slot, new)?;
         self.slot_config.set(slot, new.config, 0)?;
         Ok(stats)
     }
 
-    /// Switches the datapath to `slot`: one store of the config entry.
+    /// Rule numbers change meaning with the policy: slot `slot` starts its
+    /// hit counts afresh, in a table with room for every rule of `new`.
+    /// The table the slot has is emptied and kept when its size suits the
+    /// policy; only otherwise is a new one created and installed, because
+    /// installing an inner map waits for an RCU grace period (several
+    /// milliseconds, on every reload). No program run reads the inactive
+    /// slot's counters, so emptying them in place races with nothing.
+    fn reset_hits(&mut self, slot: u32, new: &SlotContents) -> Result<()> {
+        let rules = new
+            .rules
+            .values()
+            .map(|v| v.rule)
+            .max()
+            .map_or(0, |r| r.saturating_add(1));
+        if let Ok(mut hits) = self.hits.get(&slot, 0) {
+            let capacity = IterableMap::map(&hits).info()?.max_entries();
+            if table_fits(capacity, rules as usize) {
+                let keys: Vec<u32> = hits
+                    .keys()
+                    .collect::<Result<_, _>>()
+                    .context("listing the rule hit counters")?;
+                match batch::delete(IterableMap::map(&hits).fd().as_fd(), &keys) {
+                    Ok(()) => {}
+                    Err(BatchError::Unsupported) => {
+                        for k in &keys {
+                            hits.remove(k).context("clearing the rule hit counters")?;
+                        }
+                    }
+                    Err(e) => return Err(e).context("clearing the rule hit counters"),
+                }
+                return Ok(());
+            }
+        }
+        let capacity = table_capacity(rules as usize);
+        let hits = PerCpuHashMap::<MapData, u32, u64>::create(capacity, RULE_HITS_FLAGS)
+            .with_context(|| format!("creating the rule hit counters ({rules} rules)"))?;
+        self.hits
+            .set(slot, &hits, 0)
+            .context("installing the rule hit counters")
+    }
+
+    /// Switches the datapath to `slot`: one store of the one config entry
+    /// that says which slot is in force (the override and flow-log entries
+    /// are not touched, so an admin's bpftool change of them is never
+    /// undone). Returns once no program run can still be reading the slot
+    /// that was in force, so the caller may write into it.
     pub fn activate(&mut self, slot: u32) -> Result<()> {
-        let mut g = self.global()?;
-        g.active_slot = slot;
-        g.initialized = 1;
-        self.set_global(g)
+        self.config.set(CFG_ACTIVE, (slot & 1) + 1, 0)?;
+        self.grace
+            .wait()
+            .context("waiting for the datapath to leave the previous slot")
+    }
+}
+
+/// One kind of per-slot hash table: an outer array of maps (index = slot)
+/// whose inner maps the agent creates, sized by the policy.
+struct SlotTables<K, V> {
+    outer: ArrayOfMaps<MapData, BpfHashMap<MapData, K, V>>,
+    what: &'static str,
+}
+
+impl<K: Pod + Eq + std::hash::Hash, V: Pod + PartialEq> SlotTables<K, V> {
+    fn open(paths: &Paths, name: &str, what: &'static str) -> Result<Self> {
+        Ok(Self {
+            outer: open_map(paths, name)?,
+            what,
+        })
+    }
+
+    /// The table slot `slot` holds, if one was ever put there.
+    fn table(&self, slot: u32) -> Result<Option<BpfHashMap<MapData, K, V>>> {
+        match self.outer.get(&slot, 0) {
+            Ok(t) => Ok(Some(t)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("opening the {} of slot {slot}", self.what)),
+        }
+    }
+
+    fn read(&self, slot: u32) -> Result<HashMap<K, V>> {
+        let mut out = HashMap::new();
+        if let Some(t) = self.table(slot)? {
+            for kv in t.iter() {
+                let (k, v) = kv?;
+                out.insert(k, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes slot `slot`'s table hold `new`, given that it holds `old`:
+    /// in place when its size suits `new`, else in a fresh table of the
+    /// right size that then replaces it.
+    fn write(
+        &mut self,
+        slot: u32,
+        old: &HashMap<K, V>,
+        new: &HashMap<K, V>,
+        stats: &mut WriteStats,
+    ) -> Result<()> {
+        if let Some(mut t) = self.table(slot)? {
+            let capacity = IterableMap::map(&t).info()?.max_entries();
+            if table_fits(capacity, new.len()) {
+                return sync(&mut t, old, new, |k| *k, self.what, stats);
+            }
+        }
+        let capacity = table_capacity(new.len());
+        let mut t = BpfHashMap::<MapData, K, V>::create(capacity, POLICY_HASH_FLAGS)
+            .with_context(|| format!("creating a table of {capacity} {}", self.what))?;
+        sync(&mut t, &HashMap::new(), new, |k| *k, self.what, stats)?;
+        self.outer
+            .set(slot, &t, 0)
+            .with_context(|| format!("installing the {} of slot {slot}", self.what))
     }
 }
 
@@ -586,5 +641,27 @@ mod tests {
                 "{err:#}"
             );
         }
+    }
+
+    #[test]
+    fn capacities_have_headroom_a_floor_and_are_powers_of_two() {
+        use segment_common::MIN_TABLE_ENTRIES;
+        assert_eq!(table_capacity(0), MIN_TABLE_ENTRIES);
+        assert_eq!(table_capacity(10), MIN_TABLE_ENTRIES);
+        assert_eq!(table_capacity(1000), 2048);
+        assert_eq!(table_capacity(1_000_000), 1 << 21);
+        for n in [1usize, 63, 64, 100, 4096, 100_000, 1_000_000] {
+            let c = table_capacity(n) as usize;
+            assert!(c.is_power_of_two() && c >= n + n / 4, "{n} -> {c}");
+        }
+    }
+
+    #[test]
+    fn a_table_is_kept_only_when_neither_short_nor_far_too_big() {
+        assert!(table_fits(table_capacity(1000), 1000));
+        assert!(table_fits(4096, 1000));
+        assert!(!table_fits(8192, 1000));
+        assert!(!table_fits(1024, 1000));
+        assert!(table_fits(segment_common::MIN_TABLE_ENTRIES, 3));
     }
 }

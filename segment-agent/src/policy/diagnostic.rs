@@ -53,6 +53,14 @@ impl Pos {
         })
     }
 
+    pub fn from_place(at: &super::raw::Place) -> Option<Self> {
+        (at.line != 0).then(|| Self {
+            line: at.line,
+            column: at.column,
+            len: at.len.max(1),
+        })
+    }
+
     /// A sub-range `offset..offset+len` (in characters) of the thing at `self`.
     pub fn narrow(self, offset: usize, len: usize) -> Self {
         Self {

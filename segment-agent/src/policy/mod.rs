@@ -5,15 +5,22 @@
 //! stage, come back as one [`PolicyError`] listing every problem with its
 //! file, line and column.
 
+pub mod convert;
 pub mod diagnostic;
+pub mod fast_yaml;
+pub mod hujson;
+pub mod inventory;
+pub mod membership;
 pub mod model;
 pub mod raw;
 pub mod syntax;
+pub mod tailscale;
 pub mod validate;
 
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, PolicyError, Pos, Severity, Source};
+pub use inventory::{Device, Inventory, InventoryUser};
 pub use model::*;
 
 /// The example policy shipped inside the binary (`policies/example.yaml`).
@@ -21,10 +28,15 @@ pub const EXAMPLE_POLICY: &str = include_str!("../../../policies/example.yaml");
 
 /// Reads and validates a policy file.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    load_with(path, &Inventory::default())
+}
+
+/// A file's text, or the error saying why it cannot be read.
+pub fn read_text(path: &Path) -> Result<String, PolicyError> {
     let name = path.display().to_string();
     match std::fs::read(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => parse(&name, &text),
+            Ok(text) => Ok(text),
             Err(e) => Err(PolicyError::new(
                 Source::new(name, ""),
                 vec![Diagnostic::error(
@@ -46,33 +58,67 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     }
 }
 
+/// Reads and validates a policy file, resolving device tags and owners from
+/// `inventory`.
+pub fn load_with(path: &Path, inventory: &Inventory) -> Result<Policy, PolicyError> {
+    let name = path.display().to_string();
+    let text = read_text(path)?;
+    parse_with(&name, &text, inventory)
+}
+
+/// Parses and validates policy text with an inventory; `name` is used in
+/// messages.
+///
+/// The format is chosen by `name`'s extension (`.hujson`/`.json`: a
+/// Tailscale policy file; `.yaml`/`.yml`: segment's YAML) or, failing that,
+/// by content (see [`tailscale::detect`]).
+pub fn parse_with(name: &str, text: &str, inventory: &Inventory) -> Result<Policy, PolicyError> {
+    match tailscale::detect(name, text) {
+        tailscale::Format::Tailscale => tailscale::parse(name, text, inventory),
+        tailscale::Format::Yaml => parse_yaml(name, text, inventory),
+    }
+}
+
 /// Parses and validates policy text; `name` is used in messages.
 pub fn parse(name: &str, text: &str) -> Result<Policy, PolicyError> {
+    parse_with(name, text, &Inventory::default())
+}
+
+fn parse_yaml(name: &str, text: &str, inventory: &Inventory) -> Result<Policy, PolicyError> {
     let source = Source::new(name, text);
-    let raw: raw::RawPolicy = if text.trim().lines().all(|l| {
+    if text.trim().lines().all(|l| {
         let l = l.trim();
         l.is_empty() || l.starts_with('#') || l == "---"
     }) {
-        // An empty file is an empty policy (which denies everything).
-        raw::RawPolicy {
-            hosts: Default::default(),
-            users: Default::default(),
-            groups: Default::default(),
-            tags: Default::default(),
-            acls: Vec::new(),
-            failsafe: Vec::new(),
-            tests: Vec::new(),
-            enforce: None,
-            mode: None,
-            modes: Default::default(),
-        }
-    } else {
-        match serde_saphyr::from_str_with_options(text, yaml_options()) {
-            Ok(raw) => raw,
-            Err(e) => return Err(PolicyError::new(source.clone(), vec![yaml_error(&e)])),
-        }
+        // Not "deny everything": an empty file is far more often a file
+        // caught mid-write (or truncated by mistake) than a wish.
+        return Err(PolicyError::new(
+            source,
+            vec![Diagnostic::error(None, "the policy file is empty").help(
+                "an empty policy would deny everything, failsafe entries included; \
+                 to deny everything on purpose, write `acls: []`",
+            )],
+        ));
+    }
+    let raw = match read_yaml(text) {
+        Ok(raw) => raw,
+        Err(e) => return Err(PolicyError::new(source.clone(), vec![yaml_error(&e)])),
     };
-    validate::validate(&source, raw).map_err(|d| PolicyError::new(source, d))
+    validate::validate(&source, raw, inventory).map_err(|d| PolicyError::new(source, d))
+}
+
+/// The policy as written: the fast reader when it can vouch for the text,
+/// else serde-saphyr, which also gives every YAML error.
+fn read_yaml(text: &str) -> Result<raw::RawPolicy, serde_saphyr::Error> {
+    match fast_yaml::read(text) {
+        Some(raw) => Ok(raw),
+        None => read_yaml_full(text),
+    }
+}
+
+/// The full YAML reader: the reference the fast reader is tested against.
+pub(crate) fn read_yaml_full(text: &str) -> Result<raw::RawPolicy, serde_saphyr::Error> {
+    serde_saphyr::from_str_with_options(text, yaml_options())
 }
 
 /// YAML limits: the defaults (250,000 nodes) would refuse policies of a few
@@ -182,3 +228,9 @@ pub fn example() -> Result<Policy, PolicyError> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod inventory_tests;
+
+#[cfg(test)]
+mod fast_yaml_tests;

@@ -18,6 +18,8 @@ pub enum SegmentKind {
     Group,
     User,
     Host,
+    /// A name written as is: `autogroup:member`, `ipset:prod` (Tailscale).
+    Alias,
 }
 
 impl SegmentKind {
@@ -27,6 +29,7 @@ impl SegmentKind {
             SegmentKind::Group => "group",
             SegmentKind::User => "user",
             SegmentKind::Host => "host",
+            SegmentKind::Alias => "alias",
         }
     }
 }
@@ -51,7 +54,7 @@ impl Segment {
         match self.kind {
             SegmentKind::Tag => format!("tag:{}", self.name),
             SegmentKind::Group => format!("group:{}", self.name),
-            SegmentKind::User | SegmentKind::Host => self.name.clone(),
+            SegmentKind::User | SegmentKind::Host | SegmentKind::Alias => self.name.clone(),
         }
     }
 }
@@ -156,6 +159,8 @@ pub enum RuleOrigin {
     Acl(usize),
     /// Position in `failsafe:` (0-based).
     Failsafe(usize),
+    /// Position in a Tailscale policy's `grants` (0-based).
+    Grant(usize),
 }
 
 impl fmt::Display for RuleOrigin {
@@ -163,6 +168,7 @@ impl fmt::Display for RuleOrigin {
         match self {
             RuleOrigin::Acl(i) => write!(f, "acl #{}", i + 1),
             RuleOrigin::Failsafe(i) => write!(f, "failsafe #{}", i + 1),
+            RuleOrigin::Grant(i) => write!(f, "grant #{}", i + 1),
         }
     }
 }
@@ -271,6 +277,29 @@ pub struct Policy {
     pub mode: Mode,
     /// Non-fatal findings (no acls, no failsafe, ...).
     pub warnings: Vec<Diagnostic>,
+    /// Every tag claimed by an inventory device, granted or refused, and why.
+    pub membership: Vec<Membership>,
+    /// Tailscale policies: the same policy with one hypothetical device per
+    /// principal named in `tests`, on which those tests are decided (so that
+    /// a test about a user or tag with no device yet is decided for that
+    /// principal, not vacuously). Never compiled into the datapath.
+    pub test_bed: Option<Box<Policy>>,
+    /// Parts of the file that segment reads but does not enforce (Tailscale
+    /// SSH, app capabilities, postures...), one line each, for `check`.
+    pub not_enforced: Vec<String>,
+}
+
+/// The outcome of one device's claim of one tag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Membership {
+    pub device: String,
+    /// Where the device record came from (the inventory's `origin`).
+    pub origin: String,
+    /// The tag as claimed, `tag:NAME`.
+    pub tag: String,
+    pub granted: bool,
+    /// Why it was granted or refused, in words.
+    pub reason: String,
 }
 
 impl Policy {

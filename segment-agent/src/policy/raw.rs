@@ -4,6 +4,8 @@
 //!
 //! serde-saphyr does the YAML: it reports syntax errors with line and column,
 //! rejects duplicate keys, and its `Spanned<T>` carries each value's place.
+//! [`Spanned`] here keeps only the part of that place the validator uses, so
+//! that the fast reader ([`super::fast_yaml`]) can build the same values.
 
 use std::{fmt, marker::PhantomData};
 
@@ -11,14 +13,61 @@ use serde::{
     Deserialize, Deserializer,
     de::{self, MapAccess, SeqAccess, Visitor},
 };
-pub use serde_saphyr::Spanned;
+
+/// Where a value was written: 1-based line and column (in characters), its
+/// length in characters, and its byte offset. Line 0: unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub line: u32,
+    pub column: u32,
+    pub len: u32,
+    pub byte: Option<u64>,
+}
+
+impl Place {
+    fn of(loc: &serde_saphyr::Location) -> Self {
+        Self {
+            line: u32::try_from(loc.line()).unwrap_or(u32::MAX),
+            column: u32::try_from(loc.column()).unwrap_or(u32::MAX),
+            len: u32::try_from(loc.span().len()).unwrap_or(u32::MAX),
+            byte: loc.span().byte_offset(),
+        }
+    }
+}
+
+/// A value and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub at: Place,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Spanned<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(Self {
+            value: s.value,
+            at: Place::of(&s.referenced),
+        })
+    }
+}
 
 /// Top-level keys, for "did you mean".
 pub const TOP_LEVEL_KEYS: &[&str] = &[
-    "hosts", "users", "groups", "tags", "acls", "failsafe", "tests", "enforce", "mode", "modes",
+    "hosts",
+    "users",
+    "groups",
+    "tags",
+    "tagOwners",
+    "acls",
+    "failsafe",
+    "tests",
+    "enforce",
+    "mode",
+    "modes",
 ];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     #[serde(default)]
@@ -29,6 +78,9 @@ pub struct RawPolicy {
     pub groups: Entries<Spanned<Text>, Spanned<OneOrMany>>,
     #[serde(default)]
     pub tags: Entries<Spanned<Text>, Spanned<OneOrMany>>,
+    /// `tag:NAME` → who may apply the tag to an inventory device.
+    #[serde(default, rename = "tagOwners")]
+    pub tag_owners: Entries<Spanned<Text>, Spanned<OneOrMany>>,
     #[serde(default)]
     pub acls: Vec<Spanned<RawRule>>,
     #[serde(default)]
@@ -43,7 +95,7 @@ pub struct RawPolicy {
     pub modes: Entries<Spanned<Text>, Spanned<Text>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     #[serde(default)]
@@ -57,7 +109,7 @@ pub struct RawRule {
     pub name: Option<Spanned<Text>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTest {
     pub src: Spanned<Text>,
@@ -69,7 +121,7 @@ pub struct RawTest {
     pub proto: Option<Spanned<Text>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEnforce {
     #[serde(default)]
@@ -118,7 +170,7 @@ impl<'de> Deserialize<'de> for Text {
 }
 
 /// One scalar or a list of scalars: `src: alice` and `src: [alice, bob]`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum OneOrMany {
     One(Text),
     Many(Vec<Spanned<Text>>),
@@ -161,7 +213,7 @@ impl<'de> Deserialize<'de> for OneOrMany {
 
 /// A YAML mapping kept in file order, with each key's position. (Duplicate
 /// keys are rejected by the YAML layer.)
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct Entries<K, V>(pub Vec<(K, V)>);
 
 impl<K, V> Default for Entries<K, V> {

@@ -172,8 +172,13 @@ fn ipv6_destinations() {
 }
 
 #[test]
-fn empty_policy_denies_everything_with_a_warning() {
-    let p = parse("p.yaml", "# nothing yet\n").unwrap();
+fn an_empty_or_comments_only_policy_is_an_error() {
+    for text in ["", "\n", "# nothing yet\n", "---\n# c\n"] {
+        let e = parse("p.yaml", text).unwrap_err();
+        assert!(e.to_string().contains("the policy file is empty"), "{e}");
+        assert!(e.to_string().contains("acls: []"), "{e}");
+    }
+    let p = parse("p.yaml", "acls: []\n").unwrap();
     assert!(p.rules.is_empty());
     assert!(p.warnings.iter().any(|w| w.message.contains("no acls")));
 }

@@ -4,7 +4,7 @@
 //! fix, so one run of `check` shows everything that is wrong.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
 };
 
@@ -12,9 +12,12 @@ use ipnet::IpNet;
 
 use super::{
     diagnostic::{Diagnostic, Pos, Severity, Source, closest},
+    inventory::Inventory,
+    membership::{OwnerEntry, TagRules, resolve as resolve_membership},
     model::{
-        Assertion, DEFAULT_PROTOCOLS, Dest, Enforce, Expect, Mode, Policy, PortSet, Rule,
-        RuleOrigin, Segment, SegmentId, SegmentKind, Selector, TestCase, has_ports, protocol_name,
+        Assertion, DEFAULT_PROTOCOLS, Dest, Enforce, Expect, Membership, Mode, Policy, PortSet,
+        Rule, RuleOrigin, Segment, SegmentId, SegmentKind, Selector, TestCase, has_ports,
+        protocol_name,
     },
     raw::{Entries, OneOrMany, RawPolicy, RawRule, RawTest, Spanned, Text},
     syntax::{
@@ -24,7 +27,11 @@ use super::{
 };
 
 /// Validates a parsed policy. Returns the policy, or every error found.
-pub fn validate(source: &Arc<Source>, raw: RawPolicy) -> Result<Policy, Vec<Diagnostic>> {
+pub fn validate(
+    source: &Arc<Source>,
+    raw: RawPolicy,
+    inventory: &Inventory,
+) -> Result<Policy, Vec<Diagnostic>> {
     let mut v = Validator {
         source: source.clone(),
         diags: Vec::new(),
@@ -32,10 +39,12 @@ pub fn validate(source: &Arc<Source>, raw: RawPolicy) -> Result<Policy, Vec<Diag
         tags: HashMap::new(),
         groups: HashMap::new(),
         names: HashMap::new(),
+        extra: HashMap::new(),
     };
-    v.define_hosts_and_users(&raw);
+    v.define_hosts_and_users(&raw, inventory);
     v.define_sets(&raw.tags, SegmentKind::Tag);
     v.define_sets(&raw.groups, SegmentKind::Group);
+    let membership = v.tag_membership(&raw, inventory);
     v.resolve_sets(&raw);
     let mode = v.mode(&raw);
     v.segment_modes(&raw);
@@ -89,6 +98,9 @@ pub fn validate(source: &Arc<Source>, raw: RawPolicy) -> Result<Policy, Vec<Diag
         enforce,
         mode,
         warnings: v.diags,
+        membership,
+        test_bed: None,
+        not_enforced: Vec::new(),
     })
 }
 
@@ -104,6 +116,8 @@ struct Validator {
     groups: HashMap<String, SegmentId>,
     /// Users and hosts, which share one namespace (bare names).
     names: HashMap<String, SegmentId>,
+    /// Addresses of inventory devices granted a tag, added to its members.
+    extra: HashMap<SegmentId, Vec<IpNet>>,
 }
 
 /// A scalar's position, and 1 if it is quoted (so sub-ranges skip the quote).
@@ -138,13 +152,11 @@ impl Validator {
     }
 
     fn at<T>(&self, s: &Spanned<T>) -> At {
-        let pos = Pos::from_location(&s.referenced);
-        let quoted = s
-            .referenced
-            .span()
-            .byte_offset()
-            .and_then(|o| self.source.text.as_bytes().get(o as usize))
-            .is_some_and(|b| *b == b'"' || *b == b'\'');
+        let pos = Pos::from_place(&s.at);
+        let quoted =
+            s.at.byte
+                .and_then(|o| self.source.text.as_bytes().get(o as usize))
+                .is_some_and(|b| *b == b'"' || *b == b'\'');
         At {
             pos,
             inner: usize::from(quoted),
@@ -187,19 +199,26 @@ impl Validator {
         true
     }
 
-    fn define_hosts_and_users(&mut self, raw: &RawPolicy) {
+    fn define_hosts_and_users(&mut self, raw: &RawPolicy, inventory: &Inventory) {
         for (name, value) in &raw.users.0 {
             if !self.check_new_name(name, "user") {
                 continue;
             }
             let mut prefixes = Vec::new();
             let items = self.items(value);
-            if items.is_empty() {
+            let owned: Vec<IpNet> = inventory
+                .devices
+                .iter()
+                .filter(|d| d.owner.as_deref() == Some(name.value.as_str()))
+                .flat_map(|d| d.addresses.iter().map(|a| IpNet::from(*a)))
+                .collect();
+            prefixes.extend(owned.iter().copied());
+            if items.is_empty() && owned.is_empty() {
                 let pos = self.at(value).pos;
                 self.error(
                     pos,
                     format!("user `{}` has no addresses", name.value.as_str()),
-                    Some("list the user's device addresses, e.g. `[10.0.9.5]`".to_owned()),
+                    Some("list the user's device addresses, e.g. `[10.0.9.5]`, or give an inventory whose devices it owns".to_owned()),
                 );
             }
             for (text, at) in items {
@@ -248,6 +267,155 @@ impl Validator {
             self.segments[id as usize].prefixes = prefix;
             self.names.insert(name.value.0.clone(), id);
         }
+        // Owners known only from the inventory become users too, so that
+        // rules and groups may name them.
+        for d in &inventory.devices {
+            let Some(owner) = d.owner.as_deref() else {
+                continue;
+            };
+            let nets = d.addresses.iter().map(|a| IpNet::from(*a));
+            match self.names.get(owner) {
+                Some(&id) if self.segments[id as usize].kind == SegmentKind::User => {
+                    if self.segments[id as usize].pos.is_none() {
+                        let mut p = std::mem::take(&mut self.segments[id as usize].prefixes);
+                        p.extend(nets);
+                        self.segments[id as usize].prefixes = normalize(p);
+                    }
+                }
+                Some(_) => self.warn(
+                    None,
+                    format!(
+                        "inventory device `{}`{} is owned by `{owner}`, which the policy defines as a host",
+                        d.name,
+                        origin_note(&d.origin)
+                    ),
+                    Some("bare names mean one thing: rename the host, or fix the device's owner"),
+                ),
+                None if is_valid_name(owner) => {
+                    let id = self.new_segment(SegmentKind::User, owner, None);
+                    self.segments[id as usize].prefixes = normalize(nets.collect());
+                    self.names.insert(owner.to_owned(), id);
+                }
+                None => self.warn(
+                    None,
+                    format!(
+                        "inventory device `{}`{}: owner `{owner}` is not a valid user name",
+                        d.name,
+                        origin_note(&d.origin)
+                    ),
+                    Some(name_help()),
+                ),
+            }
+        }
+    }
+
+    /// `tagOwners` checked, and every tag claimed by an inventory device
+    /// decided; granted devices' addresses are kept for `resolve_sets`.
+    fn tag_membership(&mut self, raw: &RawPolicy, inventory: &Inventory) -> Vec<Membership> {
+        let mut owners: BTreeMap<String, Vec<OwnerEntry>> = BTreeMap::new();
+        for (key, value) in &raw.tag_owners.0 {
+            let at = self.at(key);
+            let Some(tag) = key.value.as_str().strip_prefix("tag:") else {
+                self.error(
+                    at.pos,
+                    format!("`{}` is not a tag", key.value.as_str()),
+                    Some("keys of `tagOwners` are tags, written `tag:NAME`".to_owned()),
+                );
+                continue;
+            };
+            if !self.tags.contains_key(tag) {
+                self.error(
+                    at.pos,
+                    format!("tagOwners names tag:{tag}, which `tags:` does not define"),
+                    Some(format!(
+                        "add `{tag}: []` under `tags:` (devices granted the tag become its members){}",
+                        closest(tag, self.tags.keys().map(String::as_str))
+                            .map(|c| format!(", or did you mean `tag:{c}`?"))
+                            .unwrap_or_default()
+                    )),
+                );
+                continue;
+            }
+            let mut entries = Vec::new();
+            for (text, at) in self.items(value) {
+                let e = OwnerEntry::parse(text);
+                let ok = match &e {
+                    OwnerEntry::Group(g) => self.lookup_set(SegmentKind::Group, g, at).is_some(),
+                    OwnerEntry::Tag(t) => self.lookup_set(SegmentKind::Tag, t, at).is_some(),
+                    OwnerEntry::Autogroup(a) => {
+                        let known = matches!(
+                            a.as_str(),
+                            "admin"
+                                | "owner"
+                                | "member"
+                                | "it-admin"
+                                | "network-admin"
+                                | "billing-admin"
+                                | "auditor"
+                        );
+                        if !known {
+                            self.error(
+                                at.pos,
+                                format!("`autogroup:{a}` cannot own a tag"),
+                                Some("use autogroup:member, autogroup:admin, autogroup:owner (or another role), a user, a group, a tag or a device name".to_owned()),
+                            );
+                        }
+                        known
+                    }
+                    OwnerEntry::Name(n) => {
+                        let ok = is_valid_name(&n.replace('*', "a"))
+                            || n.starts_with('*')
+                                && is_valid_name(&format!("a{}", n.replace('*', "a")));
+                        if !ok {
+                            self.error(
+                                at.pos,
+                                format!("`{n}` is not a device name, device glob or user"),
+                                Some(format!(
+                                    "{}; `*` in a device name matches any characters",
+                                    name_help()
+                                )),
+                            );
+                        }
+                        ok
+                    }
+                };
+                if ok {
+                    entries.push(e);
+                }
+            }
+            owners.insert(tag.to_owned(), entries);
+        }
+        if inventory.devices.is_empty() {
+            return Vec::new();
+        }
+        let group_users = group_users(raw);
+        let group_has = |g: &str, u: &str| group_users.get(g).is_some_and(|s| s.contains(u));
+        let defined: BTreeSet<String> = self.tags.keys().cloned().collect();
+        let membership = resolve_membership(
+            inventory,
+            &TagRules {
+                defined: &defined,
+                owners: &owners,
+                group_has: &group_has,
+                any_tag_roles: &[],
+            },
+        );
+        for m in &membership {
+            if !m.granted {
+                continue;
+            }
+            let tag = m.tag.trim_start_matches("tag:");
+            let Some(&id) = self.tags.get(tag) else {
+                continue;
+            };
+            if let Some(d) = inventory.devices.iter().find(|d| d.name == m.device) {
+                self.extra
+                    .entry(id)
+                    .or_default()
+                    .extend(d.addresses.iter().map(|a| IpNet::from(*a)));
+            }
+        }
+        membership
     }
 
     fn define_sets(
@@ -290,7 +458,7 @@ impl Validator {
                 let mut nets = Vec::new();
                 let mut refs = Vec::new();
                 let items = self.items(value);
-                if items.is_empty() {
+                if items.is_empty() && !self.extra.contains_key(&id) {
                     let pos = self.at(value).pos;
                     self.warn(
                         pos,
@@ -308,6 +476,7 @@ impl Validator {
                         refs.extend(r.map(|r| (r, at.pos)));
                     }
                 }
+                nets.extend(self.extra.get(&id).into_iter().flatten().copied());
                 members.insert(id, (nets, refs));
             }
         }
@@ -453,7 +622,7 @@ impl Validator {
                 }
             }
             (_, SelectorText::Net(_)) => unreachable!("handled above for both kinds"),
-            (SegmentKind::User | SegmentKind::Host, _) => {
+            (SegmentKind::User | SegmentKind::Host | SegmentKind::Alias, _) => {
                 unreachable!("only tags and groups have members")
             }
         }
@@ -622,7 +791,7 @@ impl Validator {
         let rule_pos = self.at(r).pos;
         let raw = &r.value;
         let section = match origin {
-            RuleOrigin::Acl(_) => "acls",
+            RuleOrigin::Acl(_) | RuleOrigin::Grant(_) => "acls",
             RuleOrigin::Failsafe(_) => "failsafe",
         };
         let mut ok = true;
@@ -849,6 +1018,57 @@ impl Validator {
         }
         e
     }
+}
+
+fn origin_note(origin: &str) -> String {
+    if origin.is_empty() {
+        String::new()
+    } else {
+        format!(" ({origin})")
+    }
+}
+
+/// Every group's users, following nested groups (cycles are reported by
+/// `resolve_sets`; here they just stop the walk).
+fn group_users(raw: &RawPolicy) -> HashMap<String, BTreeSet<String>> {
+    let direct: HashMap<&str, Vec<&str>> = raw
+        .groups
+        .0
+        .iter()
+        .map(|(k, v)| {
+            let items: Vec<&str> = match &v.value {
+                OneOrMany::One(t) => vec![t.as_str()],
+                OneOrMany::Many(i) => i.iter().map(|i| i.value.as_str()).collect(),
+            };
+            (k.value.as_str(), items)
+        })
+        .collect();
+    fn walk<'a>(
+        g: &'a str,
+        direct: &HashMap<&'a str, Vec<&'a str>>,
+        seen: &mut BTreeSet<&'a str>,
+        out: &mut BTreeSet<String>,
+    ) {
+        if !seen.insert(g) {
+            return;
+        }
+        for m in direct.get(g).into_iter().flatten() {
+            match m.strip_prefix("group:") {
+                Some(inner) => walk(inner, direct, seen, out),
+                None => {
+                    out.insert((*m).to_owned());
+                }
+            }
+        }
+    }
+    direct
+        .keys()
+        .map(|g| {
+            let mut out = BTreeSet::new();
+            walk(g, &direct, &mut BTreeSet::new(), &mut out);
+            ((*g).to_owned(), out)
+        })
+        .collect()
 }
 
 fn merge_ports(a: &PortSet, b: &PortSet) -> PortSet {

@@ -12,7 +12,13 @@
 //!   generator to CPU 0, so that sender and receiver do not share a core;
 //! * what is counted is what the receiver processed (its own drop
 //!   counters), not what the generator offered; the generator must out-run
-//!   the receiver by 20 % for a result to count as receiver-bound.
+//!   the receiver by 20 % for a result to count as receiver-bound;
+//! * every run checks what it claims: segment's reason counters must show
+//!   the flood dropped as `drop_no_rule` and nothing of it passed; a
+//!   ruleset's drop counter must account for what its XDP_PASS counter let
+//!   through. After the runs, an allowed probe (UDP from a policy source to
+//!   its destination and port, sent the same way) must pass: segment counts
+//!   it as passed, a ruleset lets it by without its drop counter moving.
 
 use std::{
     collections::BTreeMap,
@@ -37,6 +43,8 @@ pub struct Lab {
     pub sender: Netns,
     pub rx: Netns,
     frame: Vec<u8>,
+    /// An allowed packet (rule 0 of every synthetic policy).
+    probe: Vec<u8>,
     gen_ifindex: u32,
 }
 
@@ -147,11 +155,22 @@ impl Lab {
         ip[26] = 0;
         ip[27] = 0;
         let frame = ethernet(rx_mac, gen_mac, &[], &ip);
+        let mut probe = Packet::new(
+            std::net::IpAddr::V4(synth::src4(0)),
+            std::net::IpAddr::V4(synth::dst4(0)),
+            L4::Udp {
+                sport: 5555,
+                dport: synth::port(0, 0),
+            },
+        );
+        probe.payload = vec![0; 18];
+        let probe = ethernet(rx_mac, gen_mac, &[], &probe.ip());
         let gen_ifindex = sender.ifindex(GEN_IF);
         Self {
             sender,
             rx,
             frame,
+            probe,
             gen_ifindex,
         }
     }
@@ -182,6 +201,29 @@ impl Lab {
             }
             (sent, started.elapsed().as_secs_f64())
         })
+    }
+
+    /// Sends `PROBE_BURST` copies of the allowed probe frame.
+    fn send_probe(&self) {
+        let frame = self.probe.clone();
+        let ifindex = self.gen_ifindex;
+        self.sender.run(move || {
+            let prog = bpfasm::load(
+                bpfasm::BPF_PROG_TYPE_XDP,
+                &[bpfasm::mov_imm(0, bpfasm::XDP_TX), bpfasm::exit()],
+            );
+            let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+            let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+            bpfasm::test_run(
+                &prog,
+                &frame,
+                Some(&ctx),
+                PROBE_BURST as u32,
+                bpfasm::BPF_F_TEST_XDP_LIVE_FRAMES,
+                PROBE_BURST as u32,
+            )
+            .expect("sending the probe");
+        });
     }
 
     /// Runs the generator against whatever is attached and counts what the
@@ -217,6 +259,124 @@ impl Lab {
     }
 }
 
+/// Copies of the allowed probe sent after a variant's runs, in bursts
+/// small enough for the veth ring (256 frames), each counted before the next.
+pub const PROBES: u64 = PROBE_BURST * 4;
+const PROBE_BURST: u64 = 50;
+
+/// Sends the probe in bursts; after each, waits until `counted` (since the
+/// start) reaches what was sent so far. Panics with `name` if it does not.
+fn probe(lab: &Lab, name: &str, counted: &dyn Fn() -> u64) {
+    for sent in (1..=PROBES / PROBE_BURST).map(|k| k * PROBE_BURST) {
+        lab.send_probe();
+        assert!(
+            poll(5.0, || counted() >= sent),
+            "{name}: the allowed probe did not get through: {} of {sent} counted",
+            counted()
+        );
+    }
+}
+
+/// Polls `cond` until it holds or `secs` pass; says whether it held.
+fn poll(secs: f64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// segment's ingress reason counters, by reason name. A missing or
+/// unparsable figure is an error.
+fn ingress_reasons(agent: &Agent) -> BTreeMap<String, u64> {
+    let st = agent.stats();
+    let list = st["reasons"]
+        .as_array()
+        .unwrap_or_else(|| panic!("stats --json has no reasons: {st}"));
+    let m: BTreeMap<String, u64> = list
+        .iter()
+        .filter(|r| r["hook"] == "ingress")
+        .map(|r| {
+            let name = r["reason"]
+                .as_str()
+                .unwrap_or_else(|| panic!("reason without a name: {r}"));
+            let n = r["packets"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("reason {name} without a packet count: {r}"));
+            (name.to_owned(), n)
+        })
+        .collect();
+    assert!(
+        m.contains_key("drop_no_rule") && m.contains_key("pass_rule"),
+        "stats --json lacks drop_no_rule or pass_rule: {st}"
+    );
+    m
+}
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, k: &str) -> u64 {
+    after[k] - before.get(k).copied().unwrap_or(0)
+}
+
+/// The flood was dropped: `drop_no_rule` grew by what was processed and no
+/// other ingress reason grew but the host's own neighbour discovery.
+fn assert_flood_dropped(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, s: &Sample) {
+    assert!(s.processed > 0, "segment: the receiver processed nothing");
+    let others: Vec<String> = after
+        .keys()
+        .filter(|k| {
+            !matches!(
+                k.as_str(),
+                "drop_no_rule" | "pass_neighbor_discovery" | "pass_not_ip"
+            )
+        })
+        .filter(|k| delta(after, before, k) > 0)
+        .map(|k| format!("{k} ×{}", delta(after, before, k)))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "segment: part of the denied flood took another path: {others:?}"
+    );
+}
+
+/// A ruleset dropped the flood: its drop counter accounts for (nearly) all
+/// that its XDP_PASS counter let through; only the host's own few packets
+/// (neighbour discovery, ARP) may differ.
+fn assert_ruleset_dropped(name: &str, xdp: u64, dropped: u64) {
+    assert!(
+        dropped > 0 && dropped as f64 >= 0.99 * xdp as f64,
+        "{name}: the ruleset dropped {dropped} of {xdp} packets that reached it"
+    );
+}
+
+/// A ruleset let the probe by: its XDP counter saw every probe, its drop
+/// counter did not move meanwhile.
+fn assert_ruleset_passes_probe(
+    lab: &Lab,
+    name: &str,
+    xdp: &dyn Fn() -> u64,
+    dropped: &dyn Fn() -> u64,
+) {
+    let (x0, d0) = (xdp(), dropped());
+    probe(
+        lab,
+        &format!("{name} (frames seen by its XDP_PASS)"),
+        &|| xdp() - x0,
+    );
+    // What XDP passed reaches the hook within the same softirq; let any
+    // straggler be counted before reading.
+    std::thread::sleep(Duration::from_millis(100));
+    let d = dropped() - d0;
+    assert_eq!(
+        d, 0,
+        "{name}: the ruleset dropped {d} of {PROBES} allowed probes"
+    );
+}
+
 /// What a variant measures with, and how it is torn down.
 pub enum Variant {
     Limit,
@@ -242,15 +402,26 @@ impl Variant {
 
 fn nft_drop_count(rx: &Netns, chain: &str) -> u64 {
     let out = rx.exec(&["nft", "-j", "list", "chain", "netdev", "segbench", chain]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["nftables"]
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("nft -j list chain {chain}: {e}"));
+    let counters: Vec<u64> = v["nftables"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|e| e.get("rule"))
         .flat_map(|r| r["expr"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e.get("counter").and_then(|c| c["packets"].as_u64()))
-        .sum()
+        .filter_map(|e| e.get("counter").cloned())
+        .map(|c| {
+            c["packets"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("nft counter without packets: {c}"))
+        })
+        .collect();
+    assert!(
+        !counters.is_empty(),
+        "no drop counter in nft chain {chain}: {v}"
+    );
+    counters.iter().sum()
 }
 
 fn iptables_drop_count(rx: &Netns) -> u64 {
@@ -265,10 +436,21 @@ fn iptables_drop_count(rx: &Netns) -> u64 {
         "-n",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let counts: Vec<u64> = text
+        .lines()
         .filter(|l| l.split_whitespace().nth(2) == Some("DROP"))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+        .map(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("unparsable iptables counter line: {l}"))
+        })
+        .collect();
+    assert!(
+        !counts.is_empty(),
+        "no DROP rule in iptables raw PREROUTING:\n{text}"
+    );
+    counts.iter().sum()
 }
 
 /// Sets a variant up, measures it `runs` times, tears it down.
@@ -278,7 +460,9 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
         Variant::Limit => {
             let (counters, _link) = lab.attach_counting(bpfasm::XDP_DROP);
             for _ in 0..runs {
-                samples.push(lab.measure(seconds, repeat, &|| bpfasm::read_counter(&counters, 0)));
+                let s = lab.measure(seconds, repeat, &|| bpfasm::read_counter(&counters, 0));
+                assert!(s.processed > 0, "XDP_DROP: the receiver processed nothing");
+                samples.push(s);
             }
         }
         Variant::Segment(n) => {
@@ -289,23 +473,27 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
                 &[RX_IF.to_owned()],
                 &["--metrics-addr", "none"],
             );
-            let dropped = || {
-                let st = agent.stats();
-                st["reasons"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|r| r["reason"] == "drop_no_rule" && r["hook"] == "ingress")
-                    .filter_map(|r| r["packets"].as_u64())
-                    .sum::<u64>()
-            };
+            let dropped = || ingress_reasons(&agent)["drop_no_rule"];
             for _ in 0..runs {
-                samples.push(lab.measure(seconds, repeat, &dropped));
+                let before = ingress_reasons(&agent);
+                let s = lab.measure(seconds, repeat, &dropped);
+                assert_flood_dropped(&before, &ingress_reasons(&agent), &s);
+                samples.push(s);
             }
+            let before = ingress_reasons(&agent);
+            let passed = || {
+                let after = ingress_reasons(&agent);
+                delta(&after, &before, "pass_rule") + delta(&after, &before, "pass_conntrack")
+            };
+            probe(
+                lab,
+                &format!("segment/{n} (passed by rule or conntrack)"),
+                &passed,
+            );
         }
         Variant::NftSets(n) | Variant::NftLinear(n) => {
             let s = synth::policy(*n, 0);
-            let (_counters, _link) = lab.attach_counting(bpfasm::XDP_PASS);
+            let (counters, _link) = lab.attach_counting(bpfasm::XDP_PASS);
             let rules = match v {
                 Variant::NftSets(_) => synth::nft_sets(&s, RX_IF),
                 _ => synth::nft_linear(&s, RX_IF),
@@ -318,16 +506,22 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
             } else {
                 "ingress"
             };
+            let xdp = || bpfasm::read_counter(&counters, 0);
+            let dropped = || nft_drop_count(&lab.rx, chain);
             for _ in 0..runs {
-                samples.push(lab.measure(seconds, repeat, &|| nft_drop_count(&lab.rx, chain)));
+                let x0 = xdp();
+                let s = lab.measure(seconds, repeat, &dropped);
+                assert_ruleset_dropped(&v.name(), xdp() - x0, s.processed);
+                samples.push(s);
             }
+            assert_ruleset_passes_probe(lab, &v.name(), &xdp, &dropped);
             lab.rx
                 .exec(&["nft", "delete", "table", "netdev", "segbench"]);
             let _ = std::fs::remove_file(file);
         }
         Variant::IptablesSet(n) | Variant::IptablesLinear(n) => {
             let s = synth::policy(*n, 0);
-            let (_counters, _link) = lab.attach_counting(bpfasm::XDP_PASS);
+            let (counters, _link) = lab.attach_counting(bpfasm::XDP_PASS);
             let dir = std::env::temp_dir();
             let rules = dir.join(format!("segbench-{}.ipt", std::process::id()));
             if matches!(v, Variant::IptablesSet(_)) {
@@ -345,9 +539,15 @@ pub fn run_variant(lab: &Lab, v: &Variant, runs: usize, seconds: f64, repeat: u3
                 "-c",
                 &format!("iptables-legacy-restore < {}", rules.display()),
             ]);
+            let xdp = || bpfasm::read_counter(&counters, 0);
+            let dropped = || iptables_drop_count(&lab.rx);
             for _ in 0..runs {
-                samples.push(lab.measure(seconds, repeat, &|| iptables_drop_count(&lab.rx)));
+                let x0 = xdp();
+                let s = lab.measure(seconds, repeat, &dropped);
+                assert_ruleset_dropped(&v.name(), xdp() - x0, s.processed);
+                samples.push(s);
             }
+            assert_ruleset_passes_probe(lab, &v.name(), &xdp, &dropped);
             lab.rx.exec(&["iptables-legacy", "-t", "raw", "-F"]);
             if matches!(v, Variant::IptablesSet(_)) {
                 lab.rx.exec(&["ipset", "destroy", "segbench"]);
