@@ -59,7 +59,7 @@ use crate::{
     maps::{CONFIG, EXPLAIN, SCRATCH},
     martian::{is_martian, neighbor_for_this_link},
     parse::{Cursor, Frag, Link, Packet, Parsed, parse},
-    policy::{count_rule_hit, identity, matching_rule, slot_config},
+    policy::{count_rule_hit, identity, matching_rule, slot_config, slot_tables_present},
 };
 
 /// Set to 1 by the loader for the dry instance only (see the module doc).
@@ -327,6 +327,13 @@ fn judge_ip<C: EbpfContext>(run: &mut Run<'_, C>, pkt: &Packet) -> Action {
     let Some(slot_cfg) = slot_config(slot) else {
         return run.exit(Reason::DropInternal, None, NONE, Log::No);
     };
+    // The agent installs all of a slot's tables before its config says to
+    // use them, so a missing one is a broken datapath; judged without it,
+    // a known host would take the world's identity (which a rule toward
+    // `autogroup:internet` admits).
+    if !slot_tables_present(slot) {
+        return run.exit(Reason::DropInternal, None, NONE, Log::No);
+    }
     run.slot = slot;
     run.generation = slot_cfg.generation as u16;
     let generation = slot_cfg.generation as u32;

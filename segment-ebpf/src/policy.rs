@@ -20,6 +20,12 @@ pub fn slot_config(slot: u32) -> Option<&'static SlotConfig> {
     SLOT_CONFIG.get(slot)
 }
 
+/// Whether slot `slot` has every table of maps a lookup of it reads.
+#[inline(always)]
+pub fn slot_tables_present(slot: u32) -> bool {
+    EX4.get(slot).is_some() && EX6.get(slot).is_some() && RULES.get(slot).is_some()
+}
+
 /// Identity of an address; addresses outside every prefix are identity 0
 /// with the policy's default flags.
 ///
@@ -103,8 +109,7 @@ fn v6_bytes(addr: &[u32; 4], len: u32) -> [u8; 16] {
 
 #[inline(always)]
 fn exact4(slot: u32, word: u32, cfg: &SlotConfig) -> Option<Identity> {
-    // The agent installs a slot's tables before its config says to use
-    // them; an absent table finds nothing.
+    // Present: the program checked the slot's tables before judging.
     let table = EX4.get(slot)?;
     let host = u32::from_be_bytes(word.to_ne_bytes());
     let n = cfg.lens_v4_count as usize;

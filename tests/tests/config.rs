@@ -9,6 +9,10 @@
 //! * Every attached program is loaded with the load-time globals `DRY_RUN`
 //!   and `ABLATE` at 0 (read back from the kernel), so the verifier pruned
 //!   the dry and ablation paths from them.
+//! * A table of the slot in force that has gone missing (deleted from its
+//!   map of maps behind the agent's back) drops every judged packet as
+//!   `drop_internal`, allowed ones included, until a reload writes a whole
+//!   slot again.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -255,5 +259,60 @@ fn attached_programs_are_loaded_whole_and_never_dry() {
         let prog = show["prog_id"].as_u64().expect("the link's program");
         assert_eq!(rodata_u32(prog, "ABLATE"), 0, "{link:?}: ablation level");
         assert_eq!(rodata_u32(prog, "DRY_RUN"), 0, "{link:?}: dry run");
+    }
+}
+
+/// Removes slot `slot`'s inner table from the pinned map of maps `outer`.
+fn delete_inner_table(pin_dir: &Path, outer: &str, slot: u64) {
+    let map = pin_dir.join(outer);
+    let key = slot.to_string();
+    bpftool(&[
+        "map",
+        "delete",
+        "pinned",
+        map.to_str().unwrap(),
+        "key",
+        &key,
+        "0",
+        "0",
+        "0",
+    ]);
+}
+
+#[test]
+fn a_missing_table_of_the_slot_in_force_drops_as_internal() {
+    let lab = Lab::standard();
+    let web = lab.host("web");
+    let db = lab.host("db");
+    let agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
+    let _pg = tcp_echo_server(&db.ns, sa(db.ip4(), 5432));
+    let allowed = || tcp_exchange(&web.ns, None, sa(db.ip4(), 5432), SHORT);
+    assert_eq!(allowed(), Tcp::Echoed, "web → db:5432 is allowed");
+
+    // Each of the three tables a judgement reads, in turn: with any one of
+    // them gone from the slot in force, an allowed connection is dropped
+    // (never judged against a partial policy) and counted as internal.
+    for outer in ["SEG_EX4_V2", "SEG_EX6_V2", "SEG_RULE_V2"] {
+        let slot = agent.stats()["active_slot"]
+            .as_u64()
+            .expect("a slot is in force");
+        let before = reason_count(&agent, "drop_internal");
+        delete_inner_table(&agent.dirs.pin, outer, slot);
+        assert_eq!(allowed(), Tcp::TimedOut, "{outer} of slot {slot} deleted");
+        let after = reason_count(&agent, "drop_internal");
+        assert!(after > before, "{outer}: drop_internal {before} → {after}");
+        // The admin's way out still works on a broken slot.
+        set_override(&agent.dirs.pin, 1);
+        assert_eq!(allowed(), Tcp::Echoed, "{outer}: pass-all overrides");
+        set_override(&agent.dirs.pin, 0);
+
+        // A reload writes the other slot whole and switches to it; the
+        // next one rewrites the damaged slot with a fresh table.
+        for i in 0..2 {
+            std::fs::write(&agent.policy, format!("{LAB_POLICY}\n# {outer} {i}\n")).unwrap();
+            let (code, out, err) = command(None, &agent.dirs, &["reload"]);
+            assert_eq!(code, 0, "reload after deleting {outer}: {out}{err}");
+        }
+        assert_eq!(allowed(), Tcp::Echoed, "enforcing normally after {outer}");
     }
 }

@@ -185,14 +185,8 @@ async fn a_compacted_revision_is_recovered_by_re_reading_the_prefix() {
     assert_eq!(v.reads, before + 1, "one re-read, then events");
 }
 
-#[tokio::test]
-async fn a_lapsed_status_lease_removes_the_status_but_not_the_enrollment() {
-    let etcd = Etcd::start();
-    let s = connect(&etcd.url()).await;
-    s.enroll(&enrollment("web-1", "10.0.0.1", &["tag:web"]))
-        .await
-        .unwrap();
-    let status = HostStatus {
+fn web_1_status() -> HostStatus {
+    HostStatus {
         name: "web-1".into(),
         applied_revision: 7,
         view_revision: 8,
@@ -203,14 +197,59 @@ async fn a_lapsed_status_lease_removes_the_status_but_not_the_enrollment() {
         error_revision: None,
         reported_at_ms: 1,
         agent_version: "test".into(),
-    };
+    }
+}
+
+/// A 2 s lease: expiry is quick to observe.
+const QUICK_LEASE: ReporterConfig = ReporterConfig {
+    ttl_secs: 2,
+    debounce: Duration::from_millis(20),
+    retry: Duration::from_millis(200),
+};
+
+#[tokio::test]
+async fn a_status_outlives_a_store_restart_that_broke_its_keep_alive_stream() {
+    let mut etcd = Etcd::start();
+    let s = connect(&etcd.url()).await;
+    let (_tx, rx) = watch::channel(Some(web_1_status()));
+    let reporter = tokio::spawn(store::status::report(s.clone(), QUICK_LEASE, rx));
+    let until = Instant::now() + DEADLINE;
+    while !s.read_all().await.unwrap().statuses.contains_key("web-1") {
+        assert!(Instant::now() < until, "no status written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // etcd comes back with the lease (a restart keeps leases and resets
+    // their TTLs), but the keep-alive stream died with its connection.
+    etcd.restart();
+    // Watched for three TTLs after the restart: by then the old lease,
+    // renewed by nothing, has lapsed; the status must be on a new one.
+    let window = Instant::now() + Duration::from_secs(3 * QUICK_LEASE.ttl_secs as u64);
+    let mut reads = 0;
+    while Instant::now() < window {
+        if let Ok(all) = s.read_all().await {
+            assert!(
+                all.statuses.contains_key("web-1"),
+                "the status lapsed with a lease nobody renewed after the restart"
+            );
+            reads += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reads >= 10, "only {reads} reads answered after the restart");
+    reporter.abort();
+}
+
+#[tokio::test]
+async fn a_lapsed_status_lease_removes_the_status_but_not_the_enrollment() {
+    let etcd = Etcd::start();
+    let s = connect(&etcd.url()).await;
+    s.enroll(&enrollment("web-1", "10.0.0.1", &["tag:web"]))
+        .await
+        .unwrap();
+    let status = web_1_status();
     let (tx, rx) = watch::channel(Some(status.clone()));
-    let cfg = ReporterConfig {
-        ttl_secs: 2,
-        debounce: Duration::from_millis(20),
-        retry: Duration::from_millis(200),
-    };
-    let reporter = tokio::spawn(store::status::report(s.clone(), cfg, rx));
+    let reporter = tokio::spawn(store::status::report(s.clone(), QUICK_LEASE, rx));
 
     let until = Instant::now() + DEADLINE;
     loop {

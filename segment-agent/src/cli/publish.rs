@@ -26,7 +26,8 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
-    /// The policy file (YAML).
+    /// The policy file: segment's YAML or a Tailscale policy file
+    /// (HuJSON); its hosts are the enrolled ones.
     pub policy: PathBuf,
     #[command(flatten)]
     pub store: StoreArgs,

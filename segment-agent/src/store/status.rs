@@ -6,8 +6,10 @@
 //! etcd has no background lease renewal: `keep_alive` is sent every third
 //! of the TTL; an answer with TTL ≤ 0 means the lease is gone (expired
 //! while we could not reach the store, or revoked), and a new one is
-//! granted and the status written again. A store outage does not expire
-//! leases (the leader resets TTLs when it comes back).
+//! granted and the status written again. A failed keep-alive (its stream
+//! is bound to a connection that may be gone) does the same: a store
+//! outage does not expire leases, but the leader that comes back resets
+//! their TTLs, and nothing would renew them through the dead stream.
 
 use std::time::Duration;
 
@@ -74,7 +76,17 @@ pub async fn report(
                             lease = None;
                             dirty = true;
                         }
-                        Err(e) => debug!("store: lease keep-alive failed: {}", error_chain(&e)),
+                        Err(e) => {
+                            // The keep-alive stream lives on one connection:
+                            // once that broke (a store restart, a changed
+                            // source address), it renews nothing, and the
+                            // lease, reset by a restarted leader, expires
+                            // with the status on it. Start over on a new
+                            // lease; the old one lapses on its own.
+                            debug!("store: lease keep-alive failed: {}", error_chain(&e));
+                            lease = None;
+                            dirty = true;
+                        }
                     }
                 }
             }
