@@ -1,6 +1,6 @@
 //! The counters of the loaded datapath, read from the pinned maps into one
 //! typed view. `segment-agent stats` prints it, the metrics endpoint of the
-//! running agent exposes it, and the fleet's status reports will carry it:
+//! running agent exposes it, and the fleet's status reports carry its totals:
 //! one reader, so the three never disagree. Works with or without a running
 //! agent (everything it reads lives in bpffs and the state file).
 

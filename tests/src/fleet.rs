@@ -194,6 +194,9 @@ impl Fleet {
             "eth0".to_owned(),
             "--host".to_owned(),
             name.to_owned(),
+            // Counters in the status every second, not every 30 s.
+            "--report-counters-every".to_owned(),
+            "1s".to_owned(),
         ];
         if !tags.is_empty() {
             args.push("--tags".to_owned());

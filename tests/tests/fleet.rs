@@ -129,6 +129,20 @@ fn enrollment_grants_tags_refuses_claims_follows_addresses_and_revokes_flows() {
     // Granted: web-1 reaches db-1. Refused: the laptop does not.
     assert_tcp(&web.ns, None, sa(db.ip4(), 5432), Tcp::Echoed);
     assert_tcp(&laptop.ns, None, sa(db.ip4(), 5432), Tcp::TimedOut);
+    // db-1's agent reports its datapath's totals: web-1's packets passed,
+    // the laptop's SYNs dropped.
+    let s = fleet.wait_status("db-1 reporting what it dropped", CONVERGE, |s| {
+        host(s, "db-1").is_some_and(|h| {
+            let c = &h["counters"];
+            c["dropped_packets"].as_u64().is_some_and(|n| n >= 1)
+                && c["passed_packets"].as_u64().is_some_and(|n| n >= 1)
+        })
+    });
+    let counters = &host(&s, "db-1").unwrap()["counters"];
+    assert!(
+        counters["read_at_ms"].as_u64().is_some_and(|t| t > 0),
+        "{counters}"
+    );
 
     // web-1 moves to 10.10.0.3: its agent enrolls the new address, db-1's
     // agent admits it.

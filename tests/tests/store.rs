@@ -13,8 +13,8 @@ use std::{
 };
 
 use segment::store::{
-    self, Enrollment, FleetView, HostStatus, PolicyDocument, Store, StoreConfig, StoreError,
-    status::ReporterConfig,
+    self, Enrollment, FleetView, HostCounters, HostStatus, PolicyDocument, Store, StoreConfig,
+    StoreError, status::ReporterConfig,
 };
 use segment_tests::etcd::{Certs, Cluster, Etcd};
 use tokio::sync::watch;
@@ -197,6 +197,12 @@ fn web_1_status() -> HostStatus {
         error_revision: None,
         reported_at_ms: 1,
         agent_version: "test".into(),
+        counters: Some(HostCounters {
+            passed_packets: 12,
+            dropped_packets: 3,
+            would_drop_packets: 0,
+            read_at_ms: 1,
+        }),
     }
 }
 
@@ -513,6 +519,7 @@ fn status_of(name: &str) -> HostStatus {
         error_revision: None,
         reported_at_ms: 1,
         agent_version: "test".into(),
+        counters: None,
     }
 }
 

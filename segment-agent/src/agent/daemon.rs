@@ -73,6 +73,8 @@ pub struct Daemon<'a, S: PolicySource> {
     /// longer valid by then.
     pub(super) committed: Option<Policy>,
     pub(super) metrics: Arc<Mutex<AgentMetrics>>,
+    /// When the source next gets the datapath's totals.
+    pub(super) counters_due: Option<Instant>,
 }
 
 impl<'a, S: PolicySource> Daemon<'a, S> {
@@ -98,6 +100,7 @@ impl<'a, S: PolicySource> Daemon<'a, S> {
             reloading: None,
             committed: Some(committed),
             metrics: Arc::new(Mutex::new(metrics)),
+            counters_due: None,
         }
     }
 
@@ -165,6 +168,7 @@ impl<'a, S: PolicySource> Daemon<'a, S> {
                     crate::datapath::local_addrs::refresh(&self.enforcer.paths);
                     tick();
                     self.poll_flows();
+                    self.report_counters();
                 }
                 _ = self.source.changed() => {
                     info!("{} changed: reloading", self.source.describe());
@@ -174,6 +178,23 @@ impl<'a, S: PolicySource> Daemon<'a, S> {
         }
         let _ = std::fs::remove_file(&sock_path);
         Ok(())
+    }
+
+    /// Hands the source the datapath's totals when they are due (the same
+    /// reader as `stats` and `/metrics`).
+    fn report_counters(&mut self) {
+        let Some(every) = self.source.counters_every() else {
+            return;
+        };
+        let now = Instant::now();
+        if self.counters_due.is_some_and(|due| now < due) {
+            return;
+        }
+        self.counters_due = now.checked_add(every);
+        match crate::stats::collect(&self.enforcer.paths) {
+            Ok(view) => self.source.counters(&view.totals),
+            Err(e) => warn!("reading the datapath's counters for the status report: {e:#}"),
+        }
     }
 
     pub(super) fn poll_flows(&mut self) {

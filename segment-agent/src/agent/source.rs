@@ -121,6 +121,15 @@ pub trait PolicySource: Send {
     /// The daemon's answer to the document it last read.
     fn applied(&mut self, outcome: Applied<'_>);
 
+    /// How often the daemon hands the datapath's totals to
+    /// [`counters`](Self::counters); `None`: never (nobody reads them).
+    fn counters_every(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The datapath's totals, as `stats` reads them.
+    fn counters(&mut self, _totals: &crate::stats::Totals) {}
+
     /// Validates a policy handed to the agent directly (`apply`), with
     /// whatever membership the source resolves its own documents with.
     fn resolve(&self, name: &str, text: &str) -> Result<Policy, PolicyError> {

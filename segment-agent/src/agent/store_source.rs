@@ -12,7 +12,7 @@
 //! publish). `apply`/`confirm` are for the file mode: a store-driven
 //! agent's policy is changed with `segment-agent publish`.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use log::{info, warn};
 
@@ -20,7 +20,7 @@ use super::source::{Applied, Document, PolicySource, Reader, SourceError};
 use crate::{
     policy::{Diagnostic, Policy, PolicyError, Source},
     store::{
-        StoreConfig, StoreError,
+        HostCounters, StoreConfig, StoreError,
         enroll::Enrollee,
         membership::Desired,
         snapshot::AppliedSnapshot,
@@ -38,6 +38,7 @@ pub struct StoreSource {
     reading: Option<Candidate>,
     /// The last candidate applied.
     in_force: Option<Candidate>,
+    counters_every: Option<Duration>,
 }
 
 impl StoreSource {
@@ -79,6 +80,7 @@ impl StoreSource {
             pending: None,
             reading: None,
             in_force: None,
+            counters_every: None,
         };
         if let Some(view) = start_view {
             let now = crate::datapath::state::unix_now();
@@ -99,6 +101,12 @@ impl StoreSource {
             }
         }
         Ok(me)
+    }
+
+    /// Puts the datapath's totals into the status record every `every`.
+    pub fn reporting_counters_every(mut self, every: Duration) -> Self {
+        self.counters_every = Some(every);
+        self
     }
 
     fn document(&mut self, next: Next) -> Result<Document, SourceError> {
@@ -177,6 +185,23 @@ impl PolicySource for StoreSource {
                 policy.source.name
             ),
         })
+    }
+
+    fn counters_every(&self) -> Option<Duration> {
+        self.counters_every
+    }
+
+    fn counters(&mut self, totals: &crate::stats::Totals) {
+        let read_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or_default();
+        self.fleet.counters(HostCounters {
+            passed_packets: totals.passed_packets,
+            dropped_packets: totals.dropped_packets,
+            would_drop_packets: totals.would_drop_packets,
+            read_at_ms,
+        });
     }
 
     fn applied(&mut self, outcome: Applied<'_>) {

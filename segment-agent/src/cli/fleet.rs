@@ -100,6 +100,9 @@ pub struct HostLine {
     pub reported_at_ms: Option<u64>,
     pub report_age_secs: Option<f64>,
     pub agent_version: Option<String>,
+    /// The host's packet totals as its agent last reported them.
+    pub counters: Option<crate::store::HostCounters>,
+    pub counters_age_secs: Option<f64>,
     pub behind: bool,
 }
 
@@ -178,6 +181,10 @@ impl FleetStatus {
                     report_age_secs: st
                         .map(|s| now_ms.saturating_sub(s.reported_at_ms) as f64 / 1e3),
                     agent_version: st.map(|s| s.agent_version.clone()),
+                    counters: st.and_then(|s| s.counters),
+                    counters_age_secs: st
+                        .and_then(|s| s.counters)
+                        .map(|c| now_ms.saturating_sub(c.read_at_ms) as f64 / 1e3),
                     behind,
                 }
             })
@@ -285,6 +292,15 @@ impl FleetStatus {
                     if h.behind { " — BEHIND" } else { "" }
                 ),
                 None => println!("  applied    no report (agent not running?) — BEHIND"),
+            }
+            if let Some(c) = &h.counters {
+                println!(
+                    "  packets    {} passed, {} dropped, {} would drop (audit); read {:.0} s ago",
+                    c.passed_packets,
+                    c.dropped_packets,
+                    c.would_drop_packets,
+                    h.counters_age_secs.unwrap_or_default()
+                );
             }
             if let Some(e) = &h.last_error {
                 println!("  error      {e}");

@@ -52,6 +52,17 @@ pub struct RunArgs {
     /// before that; `fleet remove` does at once.
     #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_expiry)]
     pub enrollment_expiry: std::time::Duration,
+    /// With --store: how often the datapath's packet totals (passed,
+    /// dropped, would-drop) go into this host's status record, for `fleet
+    /// status`. One small write per host each time.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = crate::control::parse_duration,
+        conflicts_with = "policy"
+    )]
+    pub report_counters_every: std::time::Duration,
     /// Interface to enforce on (repeat for several).
     #[arg(long = "iface", required = true)]
     pub ifaces: Vec<String>,
@@ -195,7 +206,8 @@ pub fn run(args: RunArgs) -> Result<Outcome> {
                 tags: args.tags.clone(),
                 expiry: args.enrollment_expiry,
             };
-            let source = StoreSource::start(cfg, who, config.paths.state_dir.clone())?;
+            let source = StoreSource::start(cfg, who, config.paths.state_dir.clone())?
+                .reporting_counters_every(args.report_counters_every);
             agent::run(config, source)?
         }
     };

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 pub use client::Store;
 pub use config::{StoreArgs, StoreConfig};
 pub use keys::Keys;
-pub use records::{Enrollment, HostStatus, PolicyDocument, Stored};
+pub use records::{Enrollment, HostCounters, HostStatus, PolicyDocument, Stored};
 pub use watch::FleetView;
 
 /// Everything that can go wrong talking to the store.

@@ -105,6 +105,22 @@ pub struct HostStatus {
     /// Unix milliseconds.
     pub reported_at_ms: u64,
     pub agent_version: String,
+    /// The datapath's packet totals, read by the same reader as `stats`
+    /// and `/metrics` every `--report-counters-every` (absent from agents
+    /// that have not read them yet, and from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<HostCounters>,
+}
+
+/// Packet totals of a host's datapath since its maps were created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCounters {
+    pub passed_packets: u64,
+    pub dropped_packets: u64,
+    /// Packets audit mode let through that the policy would drop.
+    pub would_drop_packets: u64,
+    /// When they were read (Unix milliseconds).
+    pub read_at_ms: u64,
 }
 
 /// A record with the store revision it was written at.

@@ -23,7 +23,7 @@ use log::{info, warn};
 use tokio::{sync::watch, task::JoinHandle};
 
 use super::{
-    FleetView, HostStatus, Store, StoreConfig,
+    FleetView, HostCounters, HostStatus, Store, StoreConfig,
     client::error_chain,
     enroll::{Enrollee, keep_enrolled},
     membership::{Desired, MembershipMemo, next_expiry},
@@ -174,6 +174,7 @@ impl FleetSource {
             error_revision: None,
             reported_at_ms: 0,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            counters: None,
         };
         Self {
             who,
@@ -273,6 +274,19 @@ impl FleetSource {
             c.policy_revision(),
             c.desired.inventory.devices.len()
         );
+    }
+
+    /// The datapath's totals, to go with the next status report. Nothing is
+    /// written before the first report (there is no status to add them to).
+    pub fn counters(&mut self, counters: HostCounters) {
+        self.in_force.counters = Some(counters);
+        self.status.send_if_modified(|s| match s {
+            Some(s) => {
+                s.counters = Some(counters);
+                true
+            }
+            None => false,
+        });
     }
 
     /// Applying failed: what is in force stays; the error is reported.
