@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use segment_common::{OVERRIDE_AUDIT_ALL, OVERRIDE_PASS_ALL, Reason};
+use segment_common::{OVERRIDE_AUDIT_ALL, OVERRIDE_PASS_ALL, Reason, ReasonCounters};
 use serde::Serialize;
 
 use crate::{
@@ -89,6 +89,29 @@ pub struct ReasonCount {
 
 const HOOKS: [&str; 2] = ["ingress", "egress"];
 
+/// Only the packet totals (what the fleet's status reports carry): one
+/// small map read, where [`collect`] also walks the conntrack tables.
+pub fn totals(paths: &Paths) -> Result<Totals> {
+    Ok(totals_of(&counters::reasons(paths)?))
+}
+
+fn totals_of(reasons: &[(Reason, [ReasonCounters; 2])]) -> Totals {
+    let mut totals = Totals::default();
+    for (reason, hooks) in reasons {
+        for c in hooks {
+            if reason.is_drop() {
+                totals.dropped_packets = totals.dropped_packets.saturating_add(c.packets);
+            } else {
+                totals.passed_packets = totals.passed_packets.saturating_add(c.packets);
+            }
+            if *reason == Reason::PassAudit {
+                totals.would_drop_packets = totals.would_drop_packets.saturating_add(c.packets);
+            }
+        }
+    }
+    totals
+}
+
 /// Reads the pinned counters and the state file under `paths`.
 pub fn collect(paths: &Paths) -> Result<StatsView> {
     let snap = counters::read(paths).with_context(|| {
@@ -137,7 +160,6 @@ pub fn collect(paths: &Paths) -> Result<StatsView> {
         })
         .unwrap_or_default();
     let mut reasons = Vec::new();
-    let mut totals = Totals::default();
     for (reason, hooks) in &snap.reasons {
         for (hook, c) in HOOKS.iter().zip(hooks) {
             reasons.push(ReasonCount {
@@ -147,16 +169,9 @@ pub fn collect(paths: &Paths) -> Result<StatsView> {
                 packets: c.packets,
                 bytes: c.bytes,
             });
-            if reason.is_drop() {
-                totals.dropped_packets = totals.dropped_packets.saturating_add(c.packets);
-            } else {
-                totals.passed_packets = totals.passed_packets.saturating_add(c.packets);
-            }
-            if *reason == Reason::PassAudit {
-                totals.would_drop_packets = totals.would_drop_packets.saturating_add(c.packets);
-            }
         }
     }
+    let totals = totals_of(&snap.reasons);
     let sizes = meta.and_then(|m| m.sizes.clone()).unwrap_or_default();
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let maps = vec![

@@ -181,7 +181,7 @@ impl<'a, S: PolicySource> Daemon<'a, S> {
     }
 
     /// Hands the source the datapath's totals when they are due (the same
-    /// reader as `stats` and `/metrics`).
+    /// sums as `stats` and `/metrics`, from the reason counters alone).
     fn report_counters(&mut self) {
         let Some(every) = self.source.counters_every() else {
             return;
@@ -191,8 +191,8 @@ impl<'a, S: PolicySource> Daemon<'a, S> {
             return;
         }
         self.counters_due = now.checked_add(every);
-        match crate::stats::collect(&self.enforcer.paths) {
-            Ok(view) => self.source.counters(&view.totals),
+        match crate::stats::totals(&self.enforcer.paths) {
+            Ok(totals) => self.source.counters(&totals),
             Err(e) => warn!("reading the datapath's counters for the status report: {e:#}"),
         }
     }

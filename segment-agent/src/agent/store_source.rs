@@ -20,7 +20,7 @@ use super::source::{Applied, Document, PolicySource, Reader, SourceError};
 use crate::{
     policy::{Diagnostic, Policy, PolicyError, Source},
     store::{
-        HostCounters, StoreConfig, StoreError,
+        StoreConfig, StoreError,
         enroll::Enrollee,
         membership::Desired,
         snapshot::AppliedSnapshot,
@@ -192,16 +192,7 @@ impl PolicySource for StoreSource {
     }
 
     fn counters(&mut self, totals: &crate::stats::Totals) {
-        let read_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or_default();
-        self.fleet.counters(HostCounters {
-            passed_packets: totals.passed_packets,
-            dropped_packets: totals.dropped_packets,
-            would_drop_packets: totals.would_drop_packets,
-            read_at_ms,
-        });
+        self.fleet.counters(totals);
     }
 
     fn applied(&mut self, outcome: Applied<'_>) {

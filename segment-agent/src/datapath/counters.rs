@@ -60,26 +60,7 @@ pub fn read(paths: &Paths) -> Result<Snapshot> {
     }
     pairs.sort_by_key(|(k, _)| *k);
 
-    let reasons_map: PerCpuArray<MapData, ReasonCounters> = open_map(paths, map_names::REASONS)?;
-    let mut reasons = Vec::new();
-    for reason in Reason::ALL {
-        let mut per_hook = [ReasonCounters::default(); 2];
-        for (h, slot) in (0u32..).zip(per_hook.iter_mut()) {
-            // Reason codes are small (below REASON_COUNT): the index cannot overflow.
-            let Some(index) = (reason as u32)
-                .checked_mul(2)
-                .and_then(|i| i.checked_add(h))
-                .filter(|i| *i < REASON_COUNT.saturating_mul(2))
-            else {
-                continue;
-            };
-            for v in reasons_map.get(&index, 0)?.iter() {
-                slot.packets = slot.packets.saturating_add(v.packets);
-                slot.bytes = slot.bytes.saturating_add(v.bytes);
-            }
-        }
-        reasons.push((reason, per_hook));
-    }
+    let reasons = reasons(paths)?;
 
     let hits = if config.initialized != 0 {
         rule_hits(paths, slot)?
@@ -103,6 +84,32 @@ pub fn read(paths: &Paths) -> Result<Snapshot> {
         conntrack_unconfirmed,
         conntrack_unconfirmed_capacity,
     })
+}
+
+/// Packets and bytes per datapath reason and hook (ingress, egress),
+/// summed over CPUs: one read of one small array, cheap enough to repeat.
+pub fn reasons(paths: &Paths) -> Result<Vec<(Reason, [ReasonCounters; 2])>> {
+    let reasons_map: PerCpuArray<MapData, ReasonCounters> = open_map(paths, map_names::REASONS)?;
+    let mut reasons = Vec::new();
+    for reason in Reason::ALL {
+        let mut per_hook = [ReasonCounters::default(); 2];
+        for (h, slot) in (0u32..).zip(per_hook.iter_mut()) {
+            // Reason codes are small (below REASON_COUNT): the index cannot overflow.
+            let Some(index) = (reason as u32)
+                .checked_mul(2)
+                .and_then(|i| i.checked_add(h))
+                .filter(|i| *i < REASON_COUNT.saturating_mul(2))
+            else {
+                continue;
+            };
+            for v in reasons_map.get(&index, 0)?.iter() {
+                slot.packets = slot.packets.saturating_add(v.packets);
+                slot.bytes = slot.bytes.saturating_add(v.bytes);
+            }
+        }
+        reasons.push((reason, per_hook));
+    }
+    Ok(reasons)
 }
 
 /// Packets each rule of slot `slot`'s policy admitted, by rule index

@@ -571,20 +571,8 @@ impl<'a> Parser<'a> {
                     _ => self.scalar(true)?,
                 };
                 items.push(item);
-                self.flow_space(parent)?;
-                match self.peek() {
-                    Some(b',') => {
-                        self.i += 1;
-                        self.flow_space(parent)?;
-                        if self.peek() == Some(b']') {
-                            return Err(Decline);
-                        }
-                    }
-                    Some(b']') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Decline),
+                if self.flow_next(parent, b']')? {
+                    break;
                 }
             }
         }
@@ -593,6 +581,27 @@ impl<'a> Parser<'a> {
             kind: Kind::Seq(items),
             at,
         })
+    }
+
+    /// After an item of a flow collection closed by `close`: a comma (not
+    /// a trailing one) or the closer. `Ok(true)`: the collection ended.
+    fn flow_next(&mut self, parent: i64, close: u8) -> R<bool> {
+        self.flow_space(parent)?;
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                self.flow_space(parent)?;
+                if self.peek() == Some(close) {
+                    return Err(Decline);
+                }
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(Decline),
+        }
     }
 
     fn flow_map(&mut self, parent: i64) -> R<Node<'a>> {
@@ -618,20 +627,8 @@ impl<'a> Parser<'a> {
                     _ => self.scalar(true)?,
                 };
                 entries.push((key, value));
-                self.flow_space(parent)?;
-                match self.peek() {
-                    Some(b',') => {
-                        self.i += 1;
-                        self.flow_space(parent)?;
-                        if self.peek() == Some(b'}') {
-                            return Err(Decline);
-                        }
-                    }
-                    Some(b'}') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(Decline),
+                if self.flow_next(parent, b'}')? {
+                    break;
                 }
             }
         }

@@ -276,9 +276,16 @@ impl FleetSource {
         );
     }
 
-    /// The datapath's totals, to go with the next status report. Nothing is
-    /// written before the first report (there is no status to add them to).
-    pub fn counters(&mut self, counters: HostCounters) {
+    /// The datapath's totals, read now, to go with the next status report.
+    /// Nothing is written before the first report (there is no status to
+    /// add them to).
+    pub fn counters(&mut self, totals: &crate::stats::Totals) {
+        let counters = HostCounters {
+            passed_packets: totals.passed_packets,
+            dropped_packets: totals.dropped_packets,
+            would_drop_packets: totals.would_drop_packets,
+            read_at_ms: now_ms(),
+        };
         self.in_force.counters = Some(counters);
         self.status.send_if_modified(|s| match s {
             Some(s) => {
