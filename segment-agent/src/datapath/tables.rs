@@ -2,9 +2,12 @@
 //!
 //! The datapath reads one of two slots of policy tables, chosen by the
 //! config entry `CFG_ACTIVE`. A new policy is written, completely, into the
-//! slot nobody reads; then one 4-byte store switches every CPU to it, and
-//! the agent waits for an RCU grace period (see `grace`) so that no packet
-//! still reading the old slot meets the next write into it. A packet
+//! slot nobody reads; then one 4-byte store switches every CPU to it. An
+//! RCU grace period (see `grace`) then runs out on a thread of its own, and
+//! the next write into the old slot waits for it, so that no packet still
+//! reading the old slot meets that write. The switch is not delayed by the
+//! wait, and neither is the reload's answer: with reloads at least a
+//! file-watcher debounce apart, the wait has always ended. A packet
 //! therefore sees the old policy or the new one, never a mix, and a policy
 //! that fails half-way through being written is never seen at all.
 //!
@@ -20,7 +23,7 @@
 //! fresh table of the right size is filled and then put in the outer map;
 //! the kernel frees the replaced one once no program run can still hold it.
 
-use std::{collections::HashMap, os::fd::AsFd};
+use std::{collections::HashMap, os::fd::AsFd, sync::Arc, thread::JoinHandle};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -208,7 +211,12 @@ pub struct PolicyMaps {
     ports: [MappedArray; 2],
     slot_config: Array<MapData, SlotConfig>,
     config: Array<MapData, u32>,
-    grace: GracePeriod,
+    grace: Arc<GracePeriod>,
+    /// The grace period the last switch began, while it may still run.
+    settling: Option<JoinHandle<std::io::Result<()>>>,
+    /// A grace period failed: until one succeeds, the slot left by the
+    /// last switch may still be read and must not be written.
+    unsettled: bool,
 }
 
 /// The config array, decoded.
@@ -246,7 +254,9 @@ impl PolicyMaps {
             ],
             slot_config: open_map(paths, map_names::SLOT_CONFIG)?,
             config: open_config(paths)?,
-            grace: GracePeriod::new().context("creating the grace-period map")?,
+            grace: Arc::new(GracePeriod::new().context("creating the grace-period map")?),
+            settling: None,
+            unsettled: false,
         })
     }
 
@@ -292,6 +302,7 @@ impl PolicyMaps {
         if active.initialized != 0 && active.active_slot == slot {
             bail!("refusing to write slot {slot}: the datapath is reading it");
         }
+        self.settle()?;
         let mut stats = WriteStats::default();
         let st = &mut stats;
         let v4_key = |k: &(u32, Ipv4Addr)| Key::new(k.0, k.1);
@@ -371,13 +382,48 @@ impl PolicyMaps {
     /// Switches the datapath to `slot`: one store of the one config entry
     /// that says which slot is in force (the override and flow-log entries
     /// are not touched, so an admin's bpftool change of them is never
-    /// undone). Returns once no program run can still be reading the slot
-    /// that was in force, so the caller may write into it.
+    /// undone). The policy is in force when this returns; the grace period
+    /// after which the slot that was in force may be written again runs on
+    /// a thread, which [`Self::settle`] (and so the next `write_slot`)
+    /// waits for.
     pub fn activate(&mut self, slot: u32) -> Result<()> {
+        // Joined first so that its outcome is not lost with its handle.
+        self.settle()?;
         self.config.set(CFG_ACTIVE, (slot & 1) + 1, 0)?;
-        self.grace
-            .wait()
-            .context("waiting for the datapath to leave the previous slot")
+        // The switch has happened: from here on nothing fails the switch.
+        // A grace period that cannot be waited for is owed, and the next
+        // write into the slot left behind waits for it first.
+        let grace = Arc::clone(&self.grace);
+        match std::thread::Builder::new()
+            .name("segment-grace".into())
+            .spawn(move || grace.wait())
+        {
+            Ok(h) => self.settling = Some(h),
+            Err(_) => self.unsettled = true,
+        }
+        Ok(())
+    }
+
+    /// Returns once no program run can still be reading the slot that was
+    /// in force before the last switch. An error means that could not be
+    /// established: the caller must not write that slot.
+    pub fn settle(&mut self) -> Result<()> {
+        let waited = match self.settling.take() {
+            Some(h) => match h.join() {
+                Ok(r) => r.context("waiting for the datapath to leave the previous slot"),
+                Err(_) => Err(anyhow::anyhow!(
+                    "waiting for the datapath to leave the previous slot: the thread panicked"
+                )),
+            },
+            // A period that failed before is not over: wait again, here.
+            None if self.unsettled => self
+                .grace
+                .wait()
+                .context("waiting for the datapath to leave the previous slot"),
+            None => Ok(()),
+        };
+        self.unsettled = waited.is_err();
+        waited
     }
 }
 
