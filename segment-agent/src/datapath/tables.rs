@@ -222,6 +222,16 @@ pub struct PolicyMaps {
     unsettled: bool,
 }
 
+/// A process that exits leaves no grace period behind it: the next agent
+/// on these pins knows nothing of one still running here.
+impl Drop for PolicyMaps {
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            log::warn!("{e:#}");
+        }
+    }
+}
+
 /// The config array, decoded.
 pub fn read_config(config: &Array<MapData, u32>) -> Result<GlobalConfig> {
     Ok(GlobalConfig::decode(
