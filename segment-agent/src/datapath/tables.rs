@@ -6,8 +6,8 @@
 //! RCU grace period (see `grace`) then runs out on a thread of its own, and
 //! the next write into the old slot waits for it, so that no packet still
 //! reading the old slot meets that write. The switch is not delayed by the
-//! wait, and neither is the reload's answer: with reloads at least a
-//! file-watcher debounce apart, the wait has always ended. A packet
+//! wait, and, with reloads a file-watcher debounce (200 ms) apart and a
+//! grace period of milliseconds, the next reload rarely is. A packet
 //! therefore sees the old policy or the new one, never a mix, and a policy
 //! that fails half-way through being written is never seen at all.
 //!
