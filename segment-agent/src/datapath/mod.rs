@@ -150,8 +150,7 @@ impl Enforcer {
             std::mem::replace(&mut self.state.identities, ids),
             self.state.slots[slot as usize].replace(meta),
         );
-        let switched = self.save_and_switch(policy, slot);
-        if let Err(e) = switched {
+        if let Err(e) = self.save_and_switch(policy, slot) {
             (
                 self.state.generation,
                 self.state.identities,

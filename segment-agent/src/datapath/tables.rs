@@ -422,21 +422,15 @@ impl PolicyMaps {
     /// established: the caller must not write that slot.
     pub fn settle(&mut self) -> Result<()> {
         let waited = match self.settling.take() {
-            Some(h) => match h.join() {
-                Ok(r) => r.context("waiting for the datapath to leave the previous slot"),
-                Err(_) => Err(anyhow::anyhow!(
-                    "waiting for the datapath to leave the previous slot: the thread panicked"
-                )),
-            },
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the thread panicked"))),
             // A period that failed before is not over: wait again, here.
-            None if self.unsettled => self
-                .grace
-                .wait()
-                .context("waiting for the datapath to leave the previous slot"),
+            None if self.unsettled => self.grace.wait(),
             None => Ok(()),
         };
         self.unsettled = waited.is_err();
-        waited
+        waited.context("waiting for the datapath to leave the previous slot")
     }
 }
 
