@@ -92,6 +92,26 @@ pub fn command(ns: Option<&Netns>, dirs: &Dirs, args: &[&str]) -> (i32, String, 
     )
 }
 
+/// Runs `segment-agent ARGS... --pin-dir .. --state-dir ..` as uid/gid
+/// 65534 (nobody/nogroup) with no other groups, returning (exit code,
+/// stdout, stderr). Through setpriv, which drops root's capabilities only
+/// at the exec: the binary is found even in a checkout that nobody may
+/// not enter (a 0700 `mktemp -d`), and then runs without them.
+pub fn as_nobody(dirs: &Dirs, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(agent_bin())
+        .args(args)
+        .args(dirs.args())
+        .output()
+        .expect("setpriv");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `segment-agent ARGS...` with no directories (offline commands such
 /// as `check`, `test`, `explain`).
 pub fn offline(args: &[&str]) -> (i32, String, String) {

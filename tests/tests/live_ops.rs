@@ -9,7 +9,7 @@ use segment::{
     datapath::Paths,
 };
 use segment_tests::{
-    agent::{Agent, command},
+    agent::{Agent, as_nobody, command},
     lab::Lab,
     policies::LAB_POLICY,
     process::Umask,
@@ -472,22 +472,6 @@ fn apply_to_a_read_only_policy_file_exits_2_and_says_it_was_applied_but_not_save
     assert!(!resp.applied);
 }
 
-/// `segment-agent ARGS...` as uid/gid 65534 (nobody/nogroup), no other groups.
-fn as_nobody(agent: &Agent, args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(segment_tests::agent::agent_bin())
-        .args(args)
-        .args(agent.dirs.args())
-        .output()
-        .expect("setpriv");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn mode(path: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path)
@@ -510,7 +494,7 @@ fn the_control_socket_is_private_whatever_the_umask_and_refuses_other_users() {
     let candidate = agent.dirs.state.join("allow-all.yaml");
     std::fs::write(&candidate, &open).unwrap();
     let c = candidate.to_str().unwrap();
-    let (code, out, err) = as_nobody(&agent, &["apply", c]);
+    let (code, out, err) = as_nobody(&agent.dirs, &["apply", c]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("ermission denied"), "{err}");
     drop(agent);
@@ -530,13 +514,13 @@ fn the_control_socket_is_private_whatever_the_umask_and_refuses_other_users() {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 65534);
     }
-    let (code, out, err) = as_nobody(&agent, &["status"]);
+    let (code, out, err) = as_nobody(&agent.dirs, &["status"]);
     assert_eq!(code, 0, "a member of the control group may ask: {out}{err}");
     let candidate = agent.dirs.state.join("allow-all.yaml");
     std::fs::write(&candidate, &open).unwrap();
     let c = candidate.to_str().unwrap();
     for args in [vec!["apply", c], vec!["reload"], vec!["confirm"]] {
-        let (code, out, err) = as_nobody(&agent, &args);
+        let (code, out, err) = as_nobody(&agent.dirs, &args);
         assert_eq!(code, 2, "{args:?}: {out}{err}");
         assert!(
             err.contains("permission denied: uid 65534"),

@@ -9,13 +9,13 @@
 
 use std::{
     io::Write,
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::fs::PermissionsExt,
     process::Command,
     time::{Duration, Instant},
 };
 
 use segment_tests::{
-    agent::{Agent, agent_bin, command},
+    agent::{Agent, agent_bin, as_nobody, command},
     control::{agent_alive, answers_status, request as control, socket_path},
     frames::{ACK, FIN, L4, Packet, RST, SYN, ethernet},
     lab::{Host, Lab},
@@ -139,26 +139,16 @@ fn redteam_control_socket_refuses_unprivileged_users_under_umask_000() {
     let candidate = std::env::temp_dir().join(format!("redteam-allow-{}.yaml", std::process::id()));
     std::fs::write(&candidate, ALLOW_ALL).expect("write candidate");
     std::fs::set_permissions(&candidate, std::fs::Permissions::from_mode(0o644)).ok();
-    let out = Command::new(agent_bin())
-        .arg("apply")
-        .arg(&candidate)
-        .args(agent.dirs.args())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .expect("run apply as nobody");
+    let (code, out, err) = as_nobody(&agent.dirs, &["apply", candidate.to_str().unwrap()]);
     let _ = std::fs::remove_file(&candidate);
     let mode = std::fs::metadata(socket_path(&agent))
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0);
     let now = alice_reaches_db_ssh(&lab);
     assert!(
-        !out.status.success() && now == Tcp::TimedOut,
+        code != 0 && now == Tcp::TimedOut,
         "uid 65534 applied an allow-all policy through the control socket (mode {mode:o}): \
-         exit {:?}, {}{}; alice -> db:22 is now {now:?}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+         exit {code}, {out}{err}; alice -> db:22 is now {now:?}",
     );
 }
 
