@@ -173,7 +173,7 @@ async fn a_compacted_revision_is_recovered_by_re_reading_the_prefix() {
     let before = old.reads;
     let v = wait_view(&mut rx, "the view after compaction", |v| v.reads > before).await;
     assert_eq!(
-        v.hosts.keys().map(String::as_str).collect::<Vec<_>>(),
+        v.hosts.keys().map(|k| &**k).collect::<Vec<_>>(),
         ["a", "c"],
         "b vanished with the re-read"
     );
@@ -183,6 +183,66 @@ async fn a_compacted_revision_is_recovered_by_re_reading_the_prefix() {
     s.enroll(&enrollment("d", "10.0.0.4", &[])).await.unwrap();
     let v = wait_view(&mut rx, "d", |v| v.hosts.contains_key("d")).await;
     assert_eq!(v.reads, before + 1, "one re-read, then events");
+}
+
+#[tokio::test]
+async fn a_burst_of_joins_is_handed_out_paced_and_every_view_whole() {
+    const JOINS: usize = 300;
+    let etcd = Etcd::start();
+    let s = connect(&etcd.url()).await;
+    s.publish(&doc("acls: []\n"), None).await.unwrap();
+    let mut rx = follow(&etcd.url(), None);
+    wait_view(&mut rx, "the policy", |v| v.policy.is_some()).await;
+
+    // A reader as fast as the follower can hand views out: it records
+    // every view it sees.
+    let reader = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.changed()).await {
+                Ok(Ok(())) => {}
+                other => panic!("the views stopped before all joins arrived: {other:?}"),
+            }
+            let v = rx.borrow_and_update().clone();
+            seen.push((Instant::now(), v.revision, v.hosts.len()));
+            if v.hosts.len() == JOINS {
+                return seen;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut revisions = Vec::with_capacity(JOINS);
+    for i in 0..JOINS {
+        let e = enrollment(
+            &format!("h-{i}"),
+            &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+            &[],
+        );
+        revisions.push(s.enroll(&e).await.unwrap());
+    }
+    let seen = reader.await.unwrap();
+    let span = seen.last().unwrap().0 - started;
+
+    // Whole: a view at revision R holds exactly the joins committed by R.
+    for &(_, rev, hosts) in &seen {
+        let committed = revisions.iter().filter(|&&r| r <= rev).count();
+        assert_eq!(hosts, committed, "the view at revision {rev} is not whole");
+    }
+    // Paced: at most one view per 50 ms interval (plus the first, at once,
+    // and the last, at the end of the burst), however fast the writes.
+    let allowed = (span.as_millis() / 50) as usize + 2;
+    assert!(
+        seen.len() <= allowed,
+        "{} views in {span:?} for {JOINS} joins: more than one per 50 ms",
+        seen.len()
+    );
+    assert!(
+        seen.len() < JOINS,
+        "{} views for {JOINS} joins: the burst was not coalesced",
+        seen.len()
+    );
 }
 
 fn web_1_status() -> HostStatus {

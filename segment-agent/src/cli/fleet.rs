@@ -136,14 +136,19 @@ impl FleetStatus {
             None => (Vec::new(), view.policy_error.clone()),
         };
         let revision = view.policy.as_ref().map(|p| p.mod_revision);
-        let names: BTreeSet<&String> = view.hosts.keys().chain(records.statuses.keys()).collect();
+        let names: BTreeSet<&str> = view
+            .hosts
+            .keys()
+            .map(|k| &**k)
+            .chain(records.statuses.keys().map(String::as_str))
+            .collect();
         let now_ms = now.saturating_mul(1000);
         let hosts = names
             .into_iter()
             .map(|name| {
                 let e = view.hosts.get(name).map(|h| &h.value);
                 let st = records.statuses.get(name).map(|s| &s.value);
-                let mine = grants.iter().filter(|m| &m.device == name);
+                let mine = grants.iter().filter(|m| m.device == name);
                 let granted_tags = mine
                     .clone()
                     .filter(|m| m.granted)
@@ -165,7 +170,7 @@ impl FleetStatus {
                     (Some(_), None) => false,
                 };
                 HostLine {
-                    name: name.clone(),
+                    name: name.to_owned(),
                     enrolled: e.is_some(),
                     expired: e.is_some_and(|e| e.expired(now)),
                     addresses: e.map(|e| e.addresses.clone()).unwrap_or_default(),

@@ -267,6 +267,9 @@ impl Store {
         for kv in resp.kvs() {
             view.put(&self.keys, kv.key(), kv.value(), kv.mod_revision());
         }
+        // The enrollments are those of the read's revision (a host deleted
+        // since the highest revision among them is not in them).
+        view.hosts_revision = view.revision;
         Ok(view)
     }
 
@@ -311,6 +314,7 @@ impl Store {
                     .put(&self.keys, kv.key(), kv.value(), kv.mod_revision()),
             }
         }
+        out.view.hosts_revision = out.view.revision;
         out.invalid
             .extend(out.view.invalid.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(out)

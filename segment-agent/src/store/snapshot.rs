@@ -31,7 +31,7 @@ impl AppliedSnapshot {
         Some(Self {
             revision: view.revision,
             policy: view.policy.clone()?,
-            hosts: view.hosts.values().cloned().collect(),
+            hosts: view.hosts.values().map(|h| (**h).clone()).collect(),
             saved_at: crate::datapath::state::unix_now(),
         })
     }
@@ -43,15 +43,11 @@ impl AppliedSnapshot {
             hosts: std::sync::Arc::new(
                 self.hosts
                     .iter()
-                    .map(|h| (h.value.name.clone(), h.clone()))
+                    .map(|h| (h.value.name.as_str().into(), std::sync::Arc::new(h.clone())))
                     .collect(),
             ),
-            hosts_revision: self
-                .hosts
-                .iter()
-                .map(|h| h.mod_revision)
-                .max()
-                .unwrap_or_default(),
+            // The enrollments as of the view's revision.
+            hosts_revision: self.revision,
             ..FleetView::default()
         }
     }
@@ -112,7 +108,7 @@ mod tests {
         };
         std::sync::Arc::make_mut(&mut view.hosts).insert(
             "a".into(),
-            Stored {
+            std::sync::Arc::new(Stored {
                 value: Enrollment {
                     name: "a".into(),
                     addresses: vec!["10.0.0.1".parse().unwrap()],
@@ -122,7 +118,7 @@ mod tests {
                     expires_after_secs: 10,
                 },
                 mod_revision: 41,
-            },
+            }),
         );
         let snap = AppliedSnapshot::from_view(&view).unwrap();
         snap.save(&dir).unwrap();
@@ -132,5 +128,6 @@ mod tests {
         let v = back.view();
         assert_eq!(v.revision, 42);
         assert_eq!(v.hosts["a"].mod_revision, 41);
+        assert_eq!(v.hosts_revision, 42, "the enrollments as of the view");
     }
 }

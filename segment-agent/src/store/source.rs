@@ -9,8 +9,9 @@
 //! record follows, and an applied view is saved in the state directory.
 //! Candidates are identified by [`Desired::input_hash`]: a view that
 //! changes nothing that matters (a refresh, a re-read after compaction, a
-//! status write) produces none. Parsing can be memoized across agents of
-//! one process ([`PolicyCache`], for the convergence benchmark).
+//! status write) produces none. Membership and parsing can be memoized
+//! across agents of one process ([`MembershipCache`], [`PolicyCache`], for
+//! the convergence benchmark).
 
 use std::{
     collections::HashMap,
@@ -26,7 +27,7 @@ use super::{
     FleetView, HostCounters, HostStatus, Store, StoreConfig,
     client::error_chain,
     enroll::{Enrollee, keep_enrolled},
-    membership::{Desired, MembershipMemo, next_expiry},
+    membership::{Desired, MembershipCache, MembershipMemo, next_expiry},
     snapshot::AppliedSnapshot,
     status::{ReporterConfig, report},
     watch::{Backoff, follow},
@@ -37,6 +38,8 @@ use crate::{
 };
 
 /// Validated policies by input hash, shared by the agents of one process.
+/// Emptied when it reaches [`POLICY_CACHE_ENTRIES`]: under churn every
+/// join is a new input, and the agents only ever need the newest few.
 pub type PolicyCache = Arc<Mutex<HashMap<String, Arc<Result<Policy, PolicyError>>>>>;
 
 #[derive(Debug, Clone)]
@@ -47,6 +50,9 @@ pub struct SourceOptions {
     /// Where the applied snapshot is saved (None: not saved).
     pub state_dir: Option<PathBuf>,
     pub cache: Option<PolicyCache>,
+    /// Memberships shared with other agents of this process that follow
+    /// the same store (the convergence benchmark).
+    pub membership_cache: Option<MembershipCache>,
 }
 
 impl Default for SourceOptions {
@@ -56,6 +62,7 @@ impl Default for SourceOptions {
             address_poll: Duration::from_secs(2),
             state_dir: None,
             cache: None,
+            membership_cache: None,
         }
     }
 }
@@ -125,10 +132,15 @@ pub fn evaluate(
     if let Some(c) = cache
         && let Ok(mut m) = c.lock()
     {
+        if m.len() >= POLICY_CACHE_ENTRIES {
+            m.clear();
+        }
         m.insert(desired.input_hash.clone(), p.clone());
     }
     p
 }
+
+pub const POLICY_CACHE_ENTRIES: usize = 64;
 
 impl FleetSource {
     /// Starts following the store (from `start`, a saved view, if given),
@@ -176,6 +188,10 @@ impl FleetSource {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             counters: None,
         };
+        let memo = match &opts.membership_cache {
+            Some(c) => MembershipMemo::shared(c.clone()),
+            None => MembershipMemo::default(),
+        };
         Self {
             who,
             views,
@@ -184,7 +200,7 @@ impl FleetSource {
             handed: None,
             in_force,
             opts,
-            memo: MembershipMemo::default(),
+            memo,
         }
     }
 

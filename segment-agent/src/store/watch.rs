@@ -29,6 +29,11 @@ use super::{
     records::{Enrollment, PolicyDocument, Stored, decode},
 };
 
+/// Enrollments by host name. Names and records are shared: when a change
+/// must copy a map that another view still holds, it copies pointers, not
+/// a thousand records.
+pub type Hosts = BTreeMap<Arc<str>, Arc<Stored<Enrollment>>>;
+
 /// The policy document and the enrollments, complete up to `revision`.
 #[derive(Debug, Clone, Default)]
 pub struct FleetView {
@@ -39,8 +44,10 @@ pub struct FleetView {
     pub policy_error: Option<String>,
     /// Shared between views (copied on write): a publish hands out a new
     /// view without copying a thousand enrollments.
-    pub hosts: Arc<BTreeMap<String, Stored<Enrollment>>>,
-    /// The store revision of the last change to `hosts` (memoization key).
+    pub hosts: Arc<Hosts>,
+    /// The store revision whose enrollments `hosts` holds: that of the
+    /// last change to them, or of the read that filled them. Views of one
+    /// store with the same `hosts_revision` hold the same enrollments.
     pub hosts_revision: i64,
     /// Records that could not be decoded, by key (they are ignored).
     pub invalid: BTreeMap<String, String>,
@@ -73,11 +80,11 @@ impl FleetView {
             KeyKind::Host(name) => match decode::<Enrollment>(key, value) {
                 Ok(value) if value.name == name => {
                     Arc::make_mut(&mut self.hosts).insert(
-                        name,
-                        Stored {
+                        name.into(),
+                        Arc::new(Stored {
                             value,
                             mod_revision,
-                        },
+                        }),
                     );
                     self.hosts_revision = self.hosts_revision.max(mod_revision);
                 }
@@ -266,33 +273,103 @@ async fn watch_once(
         Ok(st) => st,
         Err(e) => return WatchEnd::Failed(error_chain(&e)),
     };
+    let mut pace = Pace::new(VIEW_INTERVAL);
     loop {
         let msg = tokio::select! {
             m = stream.message() => m,
+            _ = sleep_until(pace.due()) => {
+                pace.sent();
+                tx.send_replace(Arc::new(view.clone()));
+                continue;
+            }
             _ = tx.closed() => return WatchEnd::Closed,
         };
         let mut changed = false;
-        if let Some(end) = absorb(msg, view, &keys, backoff, &mut changed) {
-            return end;
-        }
+        let mut end = absorb(msg, view, &keys, backoff, &mut changed);
         // Responses already waiting are applied before the view is handed
         // out: under a burst of writes a reader gets one view, not many.
-        loop {
+        while end.is_none() {
             let msg = tokio::select! {
                 biased;
                 m = stream.message() => m,
                 _ = std::future::ready(()) => break,
             };
-            if let Some(end) = absorb(msg, view, &keys, backoff, &mut changed) {
-                if changed {
-                    tx.send_replace(Arc::new(view.clone()));
-                }
+            end = absorb(msg, view, &keys, backoff, &mut changed);
+        }
+        if changed {
+            pace.changed();
+        }
+        if end.is_some() || pace.send_now() {
+            if pace.owed() {
+                pace.sent();
+                tx.send_replace(Arc::new(view.clone()));
+            }
+            if let Some(end) = end {
                 return end;
             }
         }
-        if changed {
-            tx.send_replace(Arc::new(view.clone()));
+    }
+}
+
+/// Least time between two views handed out while writes keep coming (a
+/// fleet enrolling hosts at 100 per second). Each new view costs the
+/// agent a copy of the enrollments (the reader holds the last one) and a
+/// membership computation over every host, so without a pace an agent's
+/// work grows with the fleet's size times its write rate; with it, at most
+/// one view per interval. The first change after a quiet interval goes out
+/// at once: a publish is not delayed.
+const VIEW_INTERVAL: Duration = Duration::from_millis(50);
+
+/// When the follower hands out a view: at once after a quiet interval,
+/// else when the interval since the last one is over (leading and
+/// trailing edge).
+#[derive(Debug)]
+struct Pace {
+    every: Duration,
+    last: Option<tokio::time::Instant>,
+    owed: bool,
+}
+
+impl Pace {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            owed: false,
         }
+    }
+
+    fn changed(&mut self) {
+        self.owed = true;
+    }
+
+    fn owed(&self) -> bool {
+        self.owed
+    }
+
+    /// Whether an owed view may go out now.
+    fn send_now(&self) -> bool {
+        self.owed && self.last.is_none_or(|t| t.elapsed() >= self.every)
+    }
+
+    /// When an owed view becomes due (None: nothing owed).
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.owed.then(|| match self.last {
+            Some(t) => t + self.every,
+            None => tokio::time::Instant::now(),
+        })
+    }
+
+    fn sent(&mut self) {
+        self.owed = false;
+        self.last = Some(tokio::time::Instant::now());
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -338,4 +415,38 @@ fn absorb(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_change_goes_out_at_once_and_a_burst_once_per_interval() {
+        let every = Duration::from_millis(50);
+        let mut p = Pace::new(every);
+        assert_eq!(p.due(), None, "nothing owed, nothing due");
+        assert!(!p.send_now());
+
+        p.changed();
+        assert!(p.send_now(), "the first change is not delayed");
+        p.sent();
+        assert!(!p.owed());
+
+        // A burst right after: owed, due one interval after the last view.
+        let t0 = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        p.changed();
+        p.changed();
+        assert!(!p.send_now());
+        assert_eq!(p.due(), Some(t0 + every));
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert!(p.send_now(), "due once the interval is over");
+        p.sent();
+
+        // After a quiet interval, a change goes out at once again.
+        tokio::time::advance(Duration::from_millis(200)).await;
+        p.changed();
+        assert!(p.send_now());
+    }
 }
