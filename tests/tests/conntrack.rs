@@ -16,8 +16,8 @@ use segment::{
     datapath::{Paths, tables::open_map},
 };
 use segment_common::{
-    CT_F_AUDIT, CT_F_EGRESS, CT_F_FIN_A, CT_F_FIN_B, CT_F_MIDSTREAM, CT_F_RST, CtKey, CtValue,
-    map_names,
+    CT_F_AUDIT, CT_F_EGRESS, CT_F_FIN_A, CT_F_FIN_B, CT_F_INITIATOR_A, CT_F_MIDSTREAM, CT_F_RST,
+    CtKey, CtValue, map_names,
 };
 use segment_tests::{
     agent::Agent,
@@ -328,6 +328,112 @@ fn a_revoked_flow_stops_at_its_next_packet_even_when_the_flush_missed_it() {
     assert!(echo(&mut kept, b"kept after"), "the kept flow still flows");
     let (_, fresh) = tcp_entry(&agent, kept_port, 80).expect("still tracked");
     assert_eq!(u64::from(fresh.generation), second);
+}
+
+#[test]
+fn a_flush_over_more_flows_than_one_batch_removes_exactly_the_forbidden_ones() {
+    // More entries than one batch lookup returns (4,096), so the scan
+    // resumes from the kernel's cursor several times in each table.
+    const PER_KIND: u16 = 6_000;
+    const PENDING_PER_KIND: u16 = 700;
+    let lab = Lab::standard();
+    let (web, db) = (lab.host("web"), lab.host("db"));
+    let agent = Agent::start(&lab.gw, LAB_POLICY, &lab.gw_ifaces(), &[]);
+    let generation = agent.stats()["generation"].as_u64().expect("generation") as u32;
+    let word = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V4(v) => [u32::from_ne_bytes(v.octets()), 0, 0, 0],
+        std::net::IpAddr::V6(_) => unreachable!("the lab's first addresses are IPv4"),
+    };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own (the
+    // datapath's clock, so the agent sees the entries as fresh).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    // web → db:5432 is allowed (kept); web → db:5433 is not (removed).
+    let entry = |sport: u16, dport: u16| {
+        (
+            CtKey {
+                addr_a: word(web.ip4()),
+                addr_b: word(db.ip4()),
+                port_a: sport,
+                port_b: dport,
+                proto: 6,
+                family: 4,
+                _pad: [0; 2],
+            },
+            CtValue {
+                last_seen_ns: now,
+                created_ns: now,
+                flags: CT_F_INITIATOR_A,
+                generation,
+                ..CtValue::default()
+            },
+        )
+    };
+    let mut kept = std::collections::HashSet::new();
+    let mut forbidden = std::collections::HashSet::new();
+    for (mut map, n, first_port) in [
+        (conntrack(&agent), PER_KIND, 1024),
+        (unconfirmed(&agent), PENDING_PER_KIND, 1024 + PER_KIND),
+    ] {
+        for i in 0..n {
+            for (dport, set) in [(5432, &mut kept), (5433, &mut forbidden)] {
+                let (k, v) = entry(first_port + i, dport);
+                map.insert(k, v, 0).expect("insert a flow");
+                set.insert(k);
+            }
+        }
+    }
+
+    let resp = request(
+        &paths(&agent),
+        &Request::Apply {
+            name: "same-rules.yaml".into(),
+            policy: format!("{LAB_POLICY}# the same rules\n"),
+            confirm_within_secs: None,
+            force: false,
+        },
+        LONG,
+    )
+    .expect("the agent answers");
+    assert!(resp.ok, "{}", resp.message);
+    let total = usize::from(PER_KIND + PENDING_PER_KIND);
+    assert_eq!(
+        resp.data["flows_flushed"].as_u64(),
+        Some(total as u64),
+        "{}",
+        resp.data
+    );
+    assert!(
+        resp.data["flows_scanned"].as_u64().unwrap_or(0) >= 2 * total as u64,
+        "{}",
+        resp.data
+    );
+
+    // Read back one element at a time (not the flush's batch path).
+    let left: std::collections::HashSet<CtKey> = [conntrack(&agent), unconfirmed(&agent)]
+        .iter()
+        .flat_map(|m| m.keys().filter_map(Result::ok).collect::<Vec<_>>())
+        .filter(|k| kept.contains(k) || forbidden.contains(k))
+        .collect();
+    assert_eq!(left.len(), kept.len(), "every allowed flow is kept");
+    assert!(left == kept, "exactly the allowed flows are left");
+    let gone: BpfHashMap<MapData, CtKey, u64> =
+        open_map(&paths(&agent), map_names::CONNTRACK_REVOKED).expect("the revoked-flow map");
+    let revoked: std::collections::HashSet<CtKey> = gone
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| forbidden.contains(k))
+        .collect();
+    assert!(
+        revoked == forbidden,
+        "{} of {} removed flows remembered as revoked",
+        revoked.len(),
+        forbidden.len()
+    );
 }
 
 /// An IPv4 TCP segment with every field the test chooses (and a correct

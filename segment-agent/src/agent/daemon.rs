@@ -711,6 +711,7 @@ pub fn report_json(r: &ApplyReport) -> serde_json::Value {
         "entries_written": r.entries_written,
         "entries_removed": r.entries_removed,
         "flows_flushed": r.flows_flushed,
+        "flows_scanned": r.flows_scanned,
         "flush_failures": r.flush_failures.iter().map(|f| format!("{:#}", anyhow::Error::new(f.clone()))).collect::<Vec<_>>(),
         "rule_entries": r.sizes.rule_entries,
     })

@@ -1,11 +1,13 @@
-//! Many map writes in one bpf(2) call.
+//! Many map elements in one bpf(2) call.
 //!
 //! Writing a large policy one element per syscall spends most of its time
 //! entering and leaving the kernel: about 2 µs per element, a second for
-//! 100,000 rules. `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH` (Linux
-//! 5.6+) take arrays of keys and values instead. aya does not wrap them, so
-//! this module issues the syscall itself. Where a kernel or map type does
-//! not support them the caller falls back to one call per element.
+//! 100,000 rules; reading a full conntrack table by iteration costs two
+//! calls per flow. `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH` /
+//! `BPF_MAP_LOOKUP_BATCH` (Linux 5.6+) take arrays of keys and values
+//! instead. aya does not wrap them, so this module issues the syscall
+//! itself. Where a kernel or map type does not support them the caller
+//! falls back to one call per element.
 
 #![warn(clippy::arithmetic_side_effects)]
 
@@ -15,6 +17,7 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd},
 };
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// The kernel-internal "operation not supported" some map types return.
@@ -23,6 +26,9 @@ const ENOTSUPP: i32 = 524;
 /// Elements per call: big enough that the syscall cost vanishes, small
 /// enough that the kernel's copy of them stays modest.
 const CHUNK: usize = 16_384;
+
+/// Elements per lookup call (the buffers are allocated per scan).
+const LOOKUP_CHUNK: usize = 4_096;
 
 /// `union bpf_attr`, the `batch` member (include/uapi/linux/bpf.h).
 #[repr(C)]
@@ -100,6 +106,78 @@ pub fn delete<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchEr
         done = done.saturating_add(k.len());
     }
     Ok(())
+}
+
+/// Every element of a hash map (not a per-CPU one), `LOOKUP_CHUNK` per
+/// call. Like an iteration by `get_next_key` it is not a snapshot: an
+/// element written or removed during the scan may or may not be in it.
+pub fn lookup_all<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>) -> Result<Vec<(K, V)>, BatchError> {
+    // SAFETY: Pod types are plain data, for which all-zero bytes are a
+    // value; the kernel overwrites the elements it reports.
+    let (mut keys, mut values) = unsafe {
+        (
+            vec![std::mem::zeroed::<K>(); LOOKUP_CHUNK],
+            vec![std::mem::zeroed::<V>(); LOOKUP_CHUNK],
+        )
+    };
+    let mut out = Vec::new();
+    // The hash map's cursor is a bucket index (a u32 in the kernel).
+    let mut cursor_in: u32 = 0;
+    let mut cursor_out: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &cursor_in as *const u32 as u64
+            },
+            out_batch: &mut cursor_out as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: LOOKUP_CHUNK as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr.batch`; `keys`/`values` hold
+        // LOOKUP_CHUNK elements of the map's key and value sizes (the
+        // caller's Pod types), the cursors are u32s; all outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let error = (rc != 0).then(io::Error::last_os_error);
+        let code = error.as_ref().and_then(io::Error::raw_os_error);
+        // ENOENT: the last buckets were read (`count` says how many
+        // elements came with them).
+        if rc == 0 || code == Some(libc::ENOENT) {
+            let got = (attr.count as usize).min(LOOKUP_CHUNK);
+            out.extend(
+                keys[..got]
+                    .iter()
+                    .copied()
+                    .zip(values[..got].iter().copied()),
+            );
+            if rc != 0 {
+                return Ok(out);
+            }
+            cursor_in = cursor_out;
+            first = false;
+            continue;
+        }
+        let error = error.unwrap_or_else(io::Error::last_os_error);
+        if first && matches!(code, Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)) {
+            return Err(BatchError::Unsupported);
+        }
+        return Err(BatchError::Failed {
+            done: out.len(),
+            error,
+        });
+    }
 }
 
 fn call(cmd: libc::c_long, attr: &mut BatchAttr, done: usize) -> Result<(), BatchError> {

@@ -18,16 +18,20 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
     sync::Arc,
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapError};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, Map, MapData, MapError};
 use segment_common::{
     CT_F_AUDIT, CT_F_EGRESS, CT_F_INITIATOR_A, CT_F_UNENFORCED, CtKey, CtValue, IDENTITY_F_AUDIT,
     IPPROTO_ICMP, IPPROTO_ICMPV6, SlotConfig, map_names,
 };
 
-use super::paths::Paths;
+use super::{
+    batch::{self, BatchError},
+    paths::Paths,
+};
 use crate::compile::Compiled;
 
 fn addr(family: u8, words: &[u32; 4]) -> IpAddr {
@@ -221,12 +225,40 @@ fn remember_revoked(paths: &Paths, revoked: &[(CtKey, CtValue)], out: &mut Flush
     let now = (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64);
-    for (k, v) in revoked {
-        if let Err(e) = gone.insert(k, now, 0) {
-            out.failed.push(FlushFailure::Revoke {
-                flow: describe_flow(k, v),
-                error: Arc::new(e),
-            });
+    let keys: Vec<CtKey> = revoked.iter().map(|(k, _)| *k).collect();
+    let stamps = vec![now; keys.len()];
+    let mut from = 0;
+    while from < keys.len() {
+        match batch::update(
+            IterableMap::map(&gone).fd().as_fd(),
+            &keys[from..],
+            &stamps[from..],
+        ) {
+            Ok(()) => from = keys.len(),
+            Err(BatchError::Failed { done, error }) => {
+                let at = from.saturating_add(done).min(keys.len());
+                if let Some((k, v)) = revoked.get(at) {
+                    out.failed.push(FlushFailure::Revoke {
+                        flow: describe_flow(k, v),
+                        error: Arc::new(MapError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_map_update_batch",
+                            io_error: error,
+                        })),
+                    });
+                }
+                from = at.saturating_add(1);
+            }
+            Err(BatchError::Unsupported) => {
+                for (k, v) in &revoked[from..] {
+                    if let Err(e) = gone.insert(k, now, 0) {
+                        out.failed.push(FlushFailure::Revoke {
+                            flow: describe_flow(k, v),
+                            error: Arc::new(e),
+                        });
+                    }
+                }
+                from = keys.len();
+            }
         }
     }
 }
@@ -251,16 +283,7 @@ fn flush_table(
     };
     let mut stale = Vec::new();
     let mut now_allowed = Vec::new();
-    for kv in ct.iter() {
-        let (k, v) = match kv {
-            Ok(kv) => kv,
-            // An entry can vanish (LRU eviction) while we walk: skip it.
-            Err(e) if vanished(&e) => continue,
-            Err(e) => {
-                out.failed.push(FlushFailure::Read(Arc::new(e)));
-                continue;
-            }
-        };
+    for (k, v) in scan(&ct, out) {
         out.scanned = out.scanned.saturating_add(1);
         if !still_allowed(c, config, &k, &v) {
             stale.push((k, v));
@@ -268,19 +291,7 @@ fn flush_table(
             now_allowed.push((k, v));
         }
     }
-    for (k, v) in stale {
-        match ct.remove(&k) {
-            Ok(()) => {
-                out.removed = out.removed.saturating_add(1);
-                revoked.push((k, v));
-            }
-            Err(e) if vanished(&e) => {}
-            Err(e) => out.failed.push(FlushFailure::Remove {
-                flow: describe_flow(&k, &v),
-                error: Arc::new(e),
-            }),
-        }
-    }
+    remove(&mut ct, stale, out, revoked);
     // Flows audit mode let through that a rule now allows stop counting as
     // would-drop.
     const BPF_EXIST: u64 = 2;
@@ -295,6 +306,85 @@ fn flush_table(
             }),
         }
     }
+}
+
+type Conntrack = BpfHashMap<MapData, CtKey, CtValue>;
+
+/// Every entry of a conntrack table: a few thousand per call, else (a
+/// kernel without batch lookups) by iteration, two calls per entry.
+fn scan(ct: &Conntrack, out: &mut FlushOutcome) -> Vec<(CtKey, CtValue)> {
+    match batch::lookup_all(IterableMap::map(ct).fd().as_fd()) {
+        Ok(all) => return all,
+        Err(BatchError::Unsupported) => {}
+        // Whatever the batch read before failing is read again below.
+        Err(e @ BatchError::Failed { .. }) => {
+            log::debug!("conntrack batch lookup failed ({e}); iterating instead")
+        }
+    }
+    let mut all = Vec::new();
+    for kv in ct.iter() {
+        match kv {
+            Ok(kv) => all.push(kv),
+            // An entry can vanish (LRU eviction) while we walk: skip it.
+            Err(e) if vanished(&e) => continue,
+            Err(e) => out.failed.push(FlushFailure::Read(Arc::new(e))),
+        }
+    }
+    all
+}
+
+/// Removes `stale` (in batches; a flow gone already is skipped), adding
+/// what was removed to `revoked`.
+fn remove(
+    ct: &mut Conntrack,
+    stale: Vec<(CtKey, CtValue)>,
+    out: &mut FlushOutcome,
+    revoked: &mut Vec<(CtKey, CtValue)>,
+) {
+    let before = revoked.len();
+    let keys: Vec<CtKey> = stale.iter().map(|(k, _)| *k).collect();
+    let mut from = 0;
+    while from < keys.len() {
+        match batch::delete(IterableMap::map(&*ct).fd().as_fd(), &keys[from..]) {
+            Ok(()) => {
+                revoked.extend_from_slice(&stale[from..]);
+                from = keys.len();
+            }
+            Err(BatchError::Failed { done, error }) => {
+                // Those before `done` are removed; the one at `done` was not.
+                let at = from.saturating_add(done).min(keys.len());
+                revoked.extend_from_slice(&stale[from..at]);
+                if let Some((k, v)) = stale.get(at)
+                    && error.raw_os_error() != Some(libc::ENOENT)
+                {
+                    out.failed.push(FlushFailure::Remove {
+                        flow: describe_flow(k, v),
+                        error: Arc::new(MapError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_map_delete_batch",
+                            io_error: error,
+                        })),
+                    });
+                }
+                from = at.saturating_add(1);
+            }
+            Err(BatchError::Unsupported) => {
+                for (k, v) in &stale[from..] {
+                    match ct.remove(k) {
+                        Ok(()) => revoked.push((*k, *v)),
+                        Err(e) if vanished(&e) => {}
+                        Err(e) => out.failed.push(FlushFailure::Remove {
+                            flow: describe_flow(k, v),
+                            error: Arc::new(e),
+                        }),
+                    }
+                }
+                from = keys.len();
+            }
+        }
+    }
+    out.removed = out
+        .removed
+        .saturating_add(revoked.len().saturating_sub(before));
 }
 
 /// Flags that say how a flow was admitted, for logs.
