@@ -130,6 +130,14 @@ pub struct Identity {
 
 /// Denied packets *to* this identity pass and are counted as would-drop.
 pub const IDENTITY_F_AUDIT: u32 = 1;
+/// No rule entry has this identity's `src_class`: nothing from it matches a
+/// rule, and the datapath skips the port class and rule lookups (the
+/// cheapest test that decides first, for floods from addresses no rule
+/// names). Absent, the lookups are made: an entry without it (written by
+/// an older agent) is judged as before.
+pub const IDENTITY_F_NO_RULE_FROM: u32 = 1 << 1;
+/// No rule entry has this identity's `dst_class`.
+pub const IDENTITY_F_NO_RULE_TO: u32 = 1 << 2;
 
 /// LPM key data for IPv4: the address in network byte order.
 pub type Ipv4Addr = [u8; 4];

@@ -59,7 +59,9 @@ use crate::{
     maps::{CONFIG, EXPLAIN, SCRATCH},
     martian::{is_martian, neighbor_for_this_link},
     parse::{Cursor, Frag, Link, Packet, Parsed, parse},
-    policy::{count_rule_hit, identity, matching_rule, slot_config, slot_tables_present},
+    policy::{
+        count_rule_hit, identity, matching_rule, rule_possible, slot_config, slot_tables_present,
+    },
 };
 
 /// Set to 1 by the loader for the dry instance only (see the module doc).
@@ -441,7 +443,9 @@ fn judge_ip<C: EbpfContext>(run: &mut Run<'_, C>, pkt: &Packet) -> Action {
         return run.exit(Reason::PassNotEnforced, Some(pair), NONE, log_new);
     }
 
-    if let Some(rule) = matching_rule(slot, src.src_class, dst.dst_class, pkt.proto, pkt.dport) {
+    if rule_possible(src.flags, dst.flags)
+        && let Some(rule) = matching_rule(slot, src.src_class, dst.dst_class, pkt.proto, pkt.dport)
+    {
         let failsafe = rule.flags & RULE_F_FAILSAFE != 0;
         let reason = if failsafe {
             Reason::PassFailsafe
@@ -517,7 +521,8 @@ fn policy_only<C: EbpfContext>(
         slot_cfg.enforce_ingress != 0
     };
     let admitted = !enforced
-        || matching_rule(slot, src.src_class, dst.dst_class, pkt.proto, pkt.dport).is_some()
+        || (rule_possible(src.flags, dst.flags)
+            && matching_rule(slot, src.src_class, dst.dst_class, pkt.proto, pkt.dport).is_some())
         || dst.flags & IDENTITY_F_AUDIT != 0
         || audit_all;
     if admitted { Action::Pass } else { Action::Drop }

@@ -5,8 +5,8 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use segment_common::{
-    ExactKey4, ExactKey6, Identity, LENS_USE_LPM, MAX_EXACT_LENS, PORT_CLASS_ANY, RuleKey,
-    RuleValue, SlotConfig, port_proto_block,
+    ExactKey4, ExactKey6, IDENTITY_F_NO_RULE_FROM, IDENTITY_F_NO_RULE_TO, Identity, LENS_USE_LPM,
+    MAX_EXACT_LENS, PORT_CLASS_ANY, RuleKey, RuleValue, SlotConfig, port_proto_block,
 };
 
 use crate::maps::{
@@ -176,6 +176,16 @@ fn rule_at(slot: u32, key: &RuleKey) -> Option<RuleValue> {
     let table = RULES.get(slot)?;
     // SAFETY: hash map values are plain data; copied out at once.
     unsafe { table.get(key) }.copied()
+}
+
+/// Whether a rule can admit a packet from an identity with `src_flags` to
+/// one with `dst_flags`: not when either's class is in no rule entry (the
+/// compiler's `IDENTITY_F_NO_RULE_*`), for then every lookup of
+/// [`matching_rule`] would miss. The cheapest test first: a flood from
+/// addresses no rule names costs no port class or rule lookup.
+#[inline(always)]
+pub fn rule_possible(src_flags: u32, dst_flags: u32) -> bool {
+    src_flags & IDENTITY_F_NO_RULE_FROM == 0 && dst_flags & IDENTITY_F_NO_RULE_TO == 0
 }
 
 /// The first rule (lowest index) that admits this packet, if any.

@@ -24,8 +24,9 @@ use foldhash::{HashMap as FastMap, HashMapExt};
 
 use ipnet::IpNet;
 use segment_common::{
-    IDENTITY_F_AUDIT, IDENTITY_WORLD, Identity, MAX_PREFIXES, MAX_RULE_ENTRIES, MAX_RULES,
-    PORT_CLASS_ANY, PORT_PROTOS, RULE_F_FAILSAFE, RuleKey, RuleValue, port_proto_block,
+    IDENTITY_F_AUDIT, IDENTITY_F_NO_RULE_FROM, IDENTITY_F_NO_RULE_TO, IDENTITY_WORLD, Identity,
+    MAX_PREFIXES, MAX_RULE_ENTRIES, MAX_RULES, PORT_CLASS_ANY, PORT_PROTOS, RULE_F_FAILSAFE,
+    RuleKey, RuleValue, port_proto_block,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -596,6 +597,29 @@ pub fn compile_with_limits(
                 *v = any_value;
             }
         }
+    }
+
+    // Classes that no rule entry has: an identity of one is judged without
+    // the port class and rule lookups (a flood from addresses no rule
+    // names costs the datapath two identity lookups and no more).
+    let mut from_any = vec![false; src_classes.len()];
+    let mut to_any = vec![false; dst_classes.len()];
+    for k in rules.keys() {
+        from_any[k.src_class as usize] = true;
+        to_any[k.dst_class as usize] = true;
+    }
+    let no_rule = |v: &mut Identity| {
+        if !from_any[v.src_class as usize] {
+            v.flags |= IDENTITY_F_NO_RULE_FROM;
+        }
+        if !to_any[v.dst_class as usize] {
+            v.flags |= IDENTITY_F_NO_RULE_TO;
+        }
+    };
+    let mut world = world;
+    no_rule(&mut world);
+    for (_, v) in &mut entries {
+        no_rule(v);
     }
 
     let sizes = Sizes {

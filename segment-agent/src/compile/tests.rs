@@ -4,7 +4,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use proptest::prelude::*;
-use segment_common::{IDENTITY_F_AUDIT, RULE_F_FAILSAFE};
+use segment_common::{
+    IDENTITY_F_AUDIT, IDENTITY_F_NO_RULE_FROM, IDENTITY_F_NO_RULE_TO, RULE_F_FAILSAFE,
+};
 
 use super::*;
 use crate::{
@@ -258,11 +260,38 @@ modes:
 acls: []
 "#,
     );
-    assert_eq!(c.world.flags, IDENTITY_F_AUDIT);
-    assert_eq!(c.identity_of(ip("10.0.0.1")).flags, IDENTITY_F_AUDIT);
-    assert_eq!(c.identity_of(ip("10.0.1.1")).flags, 0);
+    let audit = |f: u32| f & IDENTITY_F_AUDIT;
+    assert_eq!(audit(c.world.flags), IDENTITY_F_AUDIT);
+    assert_eq!(audit(c.identity_of(ip("10.0.0.1")).flags), IDENTITY_F_AUDIT);
+    assert_eq!(audit(c.identity_of(ip("10.0.1.1")).flags), 0);
     // enforce wins over audit when an address is in both.
-    assert_eq!(c.identity_of(ip("10.0.1.5")).flags, 0);
+    assert_eq!(audit(c.identity_of(ip("10.0.1.5")).flags), 0);
+}
+
+#[test]
+fn identities_no_rule_names_are_marked_so_the_datapath_skips_the_rule_lookups() {
+    const FROM: u32 = IDENTITY_F_NO_RULE_FROM;
+    const TO: u32 = IDENTITY_F_NO_RULE_TO;
+    let (_, c) = compiled(
+        "hosts:\n  a: 10.0.0.1\n  b: 10.0.0.2\n  c: 10.0.0.3\nacls:\n  - {action: accept, src: [a], dst: ['b:22']}\n",
+    );
+    let marks = |addr: &str| c.identity_of(ip(addr)).flags & (FROM | TO);
+    assert_eq!(marks("10.0.0.1"), TO, "a is a source, never a destination");
+    assert_eq!(
+        marks("10.0.0.2"),
+        FROM,
+        "b is a destination, never a source"
+    );
+    assert_eq!(marks("10.0.0.3"), FROM | TO, "no rule names c");
+    assert_eq!(c.world.flags & (FROM | TO), FROM | TO);
+    assert_eq!(marks("192.0.2.1"), FROM | TO, "an address no prefix holds");
+
+    // `*` names every class, the world's included.
+    let (_, c) =
+        compiled("hosts:\n  b: 10.0.0.2\nacls:\n  - {action: accept, src: ['*'], dst: ['b:22']}\n");
+    assert_eq!(c.world.flags & FROM, 0);
+    assert_eq!(c.identity_of(ip("10.0.0.2")).flags & (FROM | TO), 0);
+    assert_eq!(c.world.flags & TO, TO);
 }
 
 #[test]
@@ -551,6 +580,14 @@ proptest! {
                 "{} -> {} proto {} port {}", src, dst, proto, port);
             if let Some(v) = tables {
                 prop_assert_eq!(v.flags & RULE_F_FAILSAFE != 0, policy.rules[v.rule as usize].is_failsafe());
+            }
+            // The datapath answers "no rule" from these marks without a
+            // lookup: they must never be on an identity a rule admits.
+            if naive.is_some() {
+                prop_assert_eq!(c.identity_of(src).flags & IDENTITY_F_NO_RULE_FROM, 0,
+                    "{} -> {}: the source is marked as in no rule", src, dst);
+                prop_assert_eq!(c.identity_of(dst).flags & IDENTITY_F_NO_RULE_TO, 0,
+                    "{} -> {}: the destination is marked as in no rule", src, dst);
             }
         }
     }
