@@ -84,7 +84,12 @@ pub fn command(ns: Option<&Netns>, dirs: &Dirs, args: &[&str]) -> (i32, String, 
         None => Command::new(agent_bin()),
     };
     cmd.args(args).args(dirs.args());
-    let out = cmd.output().expect("running segment-agent");
+    outcome(&cmd.output().expect("running segment-agent"))
+}
+
+/// (exit code, stdout, stderr) of a finished command; -1 when a signal
+/// ended it.
+pub fn outcome(out: &std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -105,11 +110,7 @@ pub fn as_nobody(dirs: &Dirs, args: &[&str]) -> (i32, String, String) {
         .args(dirs.args())
         .output()
         .expect("setpriv");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 /// Runs `segment-agent ARGS...` with no directories (offline commands such
@@ -119,11 +120,7 @@ pub fn offline(args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("running segment-agent");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(&out)
 }
 
 /// A running `segment-agent run`.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::{
-    agent::{Agent, Dirs, agent_bin},
+    agent::{Agent, Dirs, agent_bin, outcome},
     etcd::{Certs, Etcd, TempDir},
     lab::{HostSpec, Lab},
     netns::Netns,
@@ -122,11 +122,7 @@ impl Fleet {
             .args(self.store_args())
             .output()
             .expect("running segment-agent");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        outcome(&out)
     }
 
     /// Publishes `text`; returns the store revision (panics unless exit 0).

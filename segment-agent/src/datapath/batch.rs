@@ -108,6 +108,34 @@ pub fn delete<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<(), BatchEr
     Ok(())
 }
 
+/// Runs a batch operation over elements `0..len` and goes on past the
+/// elements it fails on: `op(from)` must do the elements from `from` on.
+/// Returns each failed element's index with its error, and the index from
+/// which nothing was done because batches are not supported (the caller
+/// does those one by one).
+pub fn past_failures(
+    len: usize,
+    mut op: impl FnMut(usize) -> Result<(), BatchError>,
+) -> (Vec<(usize, io::Error)>, Option<usize>) {
+    let mut failed = Vec::new();
+    let mut from = 0;
+    while from < len {
+        match op(from) {
+            Ok(()) => break,
+            Err(BatchError::Failed { done, error }) => {
+                // Those before `done` were done; the one at `done` was not.
+                let at = from.saturating_add(done).min(len);
+                if at < len {
+                    failed.push((at, error));
+                }
+                from = at.saturating_add(1);
+            }
+            Err(BatchError::Unsupported) => return (failed, Some(from)),
+        }
+    }
+    (failed, None)
+}
+
 /// Every element of a hash map (not a per-CPU one), `LOOKUP_CHUNK` per
 /// call. Like an iteration by `get_next_key` it is not a snapshot: an
 /// element written or removed during the scan may or may not be in it.
@@ -210,4 +238,49 @@ fn call(cmd: libc::c_long, attr: &mut BatchAttr, done: usize) -> Result<(), Batc
         done: done.saturating_add((attr.count as usize).min(wanted)),
         error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in batch that fails at the elements in `bad` (indices over
+    /// the whole run) and does every element before the first of them.
+    fn fake(bad: &[usize], calls: &mut Vec<usize>, from: usize) -> Result<(), BatchError> {
+        calls.push(from);
+        match bad.iter().find(|&&b| b >= from) {
+            None => Ok(()),
+            Some(&b) => Err(BatchError::Failed {
+                done: b.saturating_sub(from),
+                error: io::Error::from_raw_os_error(libc::ENOENT),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_on_past_each_failed_element_and_reports_it() {
+        let mut calls = Vec::new();
+        let (failed, unbatched) = past_failures(10, |from| fake(&[0, 4, 9], &mut calls, from));
+        let at: Vec<usize> = failed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(at, [0, 4, 9]);
+        assert_eq!(unbatched, None);
+        assert_eq!(calls, [0, 1, 5], "each retry starts past the failed one");
+
+        let (failed, unbatched) = past_failures(0, |_| unreachable!("nothing to do"));
+        assert!(failed.is_empty() && unbatched.is_none());
+    }
+
+    #[test]
+    fn unsupported_batches_leave_the_rest_to_the_caller() {
+        let mut first = true;
+        let (failed, unbatched) = past_failures(8, |from| {
+            if std::mem::take(&mut first) {
+                fake(&[2], &mut Vec::new(), from)
+            } else {
+                Err(BatchError::Unsupported)
+            }
+        });
+        assert_eq!(failed.len(), 1);
+        assert_eq!(unbatched, Some(3));
+    }
 }

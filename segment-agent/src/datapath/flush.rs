@@ -227,40 +227,29 @@ fn remember_revoked(paths: &Paths, revoked: &[(CtKey, CtValue)], out: &mut Flush
         .saturating_add(ts.tv_nsec as u64);
     let keys: Vec<CtKey> = revoked.iter().map(|(k, _)| *k).collect();
     let stamps = vec![now; keys.len()];
-    let mut from = 0;
-    while from < keys.len() {
-        match batch::update(
-            IterableMap::map(&gone).fd().as_fd(),
-            &keys[from..],
-            &stamps[from..],
-        ) {
-            Ok(()) => from = keys.len(),
-            Err(BatchError::Failed { done, error }) => {
-                let at = from.saturating_add(done).min(keys.len());
-                if let Some((k, v)) = revoked.get(at) {
-                    out.failed.push(FlushFailure::Revoke {
-                        flow: describe_flow(k, v),
-                        error: Arc::new(MapError::SyscallError(aya::sys::SyscallError {
-                            call: "bpf_map_update_batch",
-                            io_error: error,
-                        })),
-                    });
-                }
-                from = at.saturating_add(1);
-            }
-            Err(BatchError::Unsupported) => {
-                for (k, v) in &revoked[from..] {
-                    if let Err(e) = gone.insert(k, now, 0) {
-                        out.failed.push(FlushFailure::Revoke {
-                            flow: describe_flow(k, v),
-                            error: Arc::new(e),
-                        });
-                    }
-                }
-                from = keys.len();
-            }
+    let fd = IterableMap::map(&gone).fd().as_fd();
+    let (failed, unbatched) = batch::past_failures(keys.len(), |from| {
+        batch::update(fd, &keys[from..], &stamps[from..])
+    });
+    for (at, error) in failed {
+        let (k, v) = &revoked[at];
+        out.failed.push(FlushFailure::Revoke {
+            flow: describe_flow(k, v),
+            error: Arc::new(batch_error("bpf_map_update_batch", error)),
+        });
+    }
+    for (k, v) in &revoked[unbatched.unwrap_or(keys.len())..] {
+        if let Err(e) = gone.insert(k, now, 0) {
+            out.failed.push(FlushFailure::Revoke {
+                flow: describe_flow(k, v),
+                error: Arc::new(e),
+            });
         }
     }
+}
+
+fn batch_error(call: &'static str, io_error: std::io::Error) -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError { call, io_error })
 }
 
 fn flush_table(
@@ -343,43 +332,30 @@ fn remove(
 ) {
     let before = revoked.len();
     let keys: Vec<CtKey> = stale.iter().map(|(k, _)| *k).collect();
-    let mut from = 0;
-    while from < keys.len() {
-        match batch::delete(IterableMap::map(&*ct).fd().as_fd(), &keys[from..]) {
-            Ok(()) => {
-                revoked.extend_from_slice(&stale[from..]);
-                from = keys.len();
-            }
-            Err(BatchError::Failed { done, error }) => {
-                // Those before `done` are removed; the one at `done` was not.
-                let at = from.saturating_add(done).min(keys.len());
-                revoked.extend_from_slice(&stale[from..at]);
-                if let Some((k, v)) = stale.get(at)
-                    && error.raw_os_error() != Some(libc::ENOENT)
-                {
-                    out.failed.push(FlushFailure::Remove {
-                        flow: describe_flow(k, v),
-                        error: Arc::new(MapError::SyscallError(aya::sys::SyscallError {
-                            call: "bpf_map_delete_batch",
-                            io_error: error,
-                        })),
-                    });
-                }
-                from = at.saturating_add(1);
-            }
-            Err(BatchError::Unsupported) => {
-                for (k, v) in &stale[from..] {
-                    match ct.remove(k) {
-                        Ok(()) => revoked.push((*k, *v)),
-                        Err(e) if vanished(&e) => {}
-                        Err(e) => out.failed.push(FlushFailure::Remove {
-                            flow: describe_flow(k, v),
-                            error: Arc::new(e),
-                        }),
-                    }
-                }
-                from = keys.len();
-            }
+    let (failed, unbatched) = batch::past_failures(keys.len(), |from| {
+        batch::delete(IterableMap::map(&*ct).fd().as_fd(), &keys[from..])
+    });
+    let batched = unbatched.unwrap_or(keys.len());
+    let mut failed = failed.into_iter().peekable();
+    for (i, flow) in stale[..batched].iter().enumerate() {
+        match failed.next_if(|(at, _)| *at == i) {
+            None => revoked.push(*flow),
+            // Gone already (expired, evicted, re-judged by the datapath).
+            Some((_, error)) if error.raw_os_error() == Some(libc::ENOENT) => {}
+            Some((_, error)) => out.failed.push(FlushFailure::Remove {
+                flow: describe_flow(&flow.0, &flow.1),
+                error: Arc::new(batch_error("bpf_map_delete_batch", error)),
+            }),
+        }
+    }
+    for (k, v) in &stale[batched..] {
+        match ct.remove(k) {
+            Ok(()) => revoked.push((*k, *v)),
+            Err(e) if vanished(&e) => {}
+            Err(e) => out.failed.push(FlushFailure::Remove {
+                flow: describe_flow(k, v),
+                error: Arc::new(e),
+            }),
         }
     }
     out.removed = out

@@ -17,7 +17,12 @@ use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 use log::{debug, warn};
 use tokio::{sync::watch, time::Instant};
 
-use super::{Store, StoreError, client::error_chain, records::HostStatus, watch::jitter};
+use super::{
+    Store, StoreError,
+    client::error_chain,
+    records::HostStatus,
+    watch::{jitter, sleep_until},
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ReporterConfig {
@@ -147,12 +152,5 @@ async fn keep_alive(store: &Store, l: &mut Lease) -> Result<bool, StoreError> {
     match store.call("keep lease alive", fut).await? {
         Some(answer) => Ok(answer.ttl() > 0),
         None => Err(StoreError::LeaseGone { id }),
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
